@@ -1,0 +1,138 @@
+"""Config from TOML plus environment; a bad config is refused naming the field and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.settings import ConfigError, Settings, load_settings
+
+EXAMPLE = Path(__file__).parents[2] / "config" / "example.toml"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("LOGIT_ROUTER_"):
+            monkeypatch.delenv(key)
+
+
+def test_example_config_loads() -> None:
+    s = load_settings(EXAMPLE)
+    assert s.kafka.bootstrap_servers == "localhost:9092"
+    assert s.topics["support.intents"].temperature == 0.7
+    assert s.topics["support.intents"].labels == ("billing", "tech", "sales")
+    assert s.topics["fraud.scores"].min_top1 == 0.6
+    assert s.outputs.dead_letter == "logits.dead-letter"
+
+
+def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGIT_ROUTER_KAFKA__BOOTSTRAP_SERVERS", "10.0.0.1:9093")
+    monkeypatch.setenv("LOGIT_ROUTER_PROCESSING__DRAIN_TIMEOUT_S", "3.5")
+    s = load_settings(EXAMPLE)
+    assert s.kafka.bootstrap_servers == "10.0.0.1:9093"
+    assert s.kafka.group_id == "logit-router"  # the rest of [kafka] still comes from the file
+    assert s.processing.drain_timeout_s == 3.5
+
+
+def test_settings_are_frozen() -> None:
+    s = load_settings(EXAMPLE)
+    with pytest.raises(ValueError, match="frozen"):
+        s.kafka = s.kafka  # type: ignore[misc]
+
+
+def test_config_version_is_stable_and_tracks_routing_config(tmp_path: Path) -> None:
+    a = load_settings(EXAMPLE).config_version
+    assert a == load_settings(EXAMPLE).config_version
+    assert a.startswith("sha256:") and len(a) == len("sha256:") + 64
+    moved = load_settings(EXAMPLE, kafka={"bootstrap_servers": "elsewhere:9092"})
+    assert moved.config_version == a  # where the brokers are does not change a decision
+    text = EXAMPLE.read_text().replace("temperature = 0.7", "temperature = 0.8")
+    changed = tmp_path / "c.toml"
+    changed.write_text(text)
+    assert load_settings(changed).config_version != a
+
+
+BAD_FIELDS = [
+    ('[topics."t"]\ntemperature = 0', "topics.t.temperature", "0"),
+    ('[topics."t"]\ntemperature = -1.5', "topics.t.temperature", "-1.5"),
+    ('[topics."t"]\ntemperature = inf', "topics.t.temperature", "inf"),
+    ('[topics."t"]\ntemperature = nan', "topics.t.temperature", "nan"),
+    ('[topics."t"]\ntemperature = "hot"', "topics.t.temperature", "'hot'"),
+    ('[topics."t"]\nmin_margin = 1.5', "topics.t.min_margin", "1.5"),
+    ('[topics."t"]\nmin_margin = -0.1', "topics.t.min_margin", "-0.1"),
+    ('[topics."t"]\nmin_top1 = 2', "topics.t.min_top1", "2"),
+    ('[topics."t"]\nlabels = ["only-one"]', "topics.t.labels", "['only-one']"),
+    ('[topics."t"]\ncolour = "red"', "topics.t.colour", "'red'"),
+    ("[kafka]\nbootstrap_servers = ''\n[topics.t]", "kafka.bootstrap_servers", "''"),
+    ("[kafka]\nsession_timeout_ms = 5\n[topics.t]", "kafka.session_timeout_ms", "5"),
+    ("[kafka]\nsecurity_protocol = 'SSH'\n[topics.t]", "kafka.security_protocol", "'SSH'"),
+    ("[http]\nport = 70000\n[topics.t]", "http.port", "70000"),
+    ("[processing]\nguarantee = 'maybe'\n[topics.t]", "processing.guarantee", "'maybe'"),
+    ("[processing]\ndrain_timeout_s = 0\n[topics.t]", "processing.drain_timeout_s", "0"),
+    ("[limits]\nmax_classes = 1\n[topics.t]", "limits.max_classes", "1"),
+    ("[outputs]\nrouted = 'x'\nescalated = 'x'\n[topics.t]", "outputs", ""),
+    ("[outputs]\nrouted = 't'\n[topics.t]", "input topics ['t'] are also output topics", ""),
+    ("[kafka]\nbootstrap_servers = 'x:1'", "topics", ""),
+    ("[log]\nlevel = 'LOUD'\n[topics.t]", "log.level", "'LOUD'"),
+]
+
+
+@pytest.mark.parametrize(("toml", "field", "value"), BAD_FIELDS)
+def test_bad_config_names_field_and_value(
+    tmp_path: Path, toml: str, field: str, value: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    message = str(err.value)
+    assert field in message
+    assert f"= {value}" in message or not value
+
+
+def test_bad_environment_value_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGIT_ROUTER_HTTP__PORT", "eighty")
+    with pytest.raises(ConfigError, match=r"http\.port = 'eighty'"):
+        load_settings(EXAMPLE)
+
+
+def test_secrets_are_masked_in_errors_and_repr() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(
+            EXAMPLE,
+            kafka={"security_protocol": "SASL_SSL", "sasl_password": "hunter2-secret"},
+        )
+    assert "hunter2" not in str(err.value)
+    assert "sasl_mechanism is required" in str(err.value)
+    ok = load_settings(
+        EXAMPLE,
+        kafka={
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username": "router",
+            "sasl_password": "hunter2-secret",
+        },
+    )
+    assert "hunter2" not in repr(ok)
+    assert "hunter2" not in ok.model_dump_json()
+    assert ok.kafka.sasl_password is not None
+    assert ok.kafka.sasl_password.get_secret_value() == "hunter2-secret"
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[topics\n")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_settings(broken)
+
+
+def test_settings_can_be_built_directly() -> None:
+    s = Settings(topics={"a": {"temperature": 2.0}})
+    assert s.policies()["a"].temperature == 2.0
+    assert s.policies()["a"].min_margin == 0.1

@@ -1,0 +1,189 @@
+"""Input and output events: strict decoding from raw bytes, and the output record's shape.
+
+The consumer hands us raw bytes (no ``value_deserializer``), so a record that cannot be read
+is refused here with a reason code and goes to the dead-letter topic instead of blocking its
+partition. Every refusal has its own code, written into the dead-letter headers:
+
+==========================  ======================================================
+``payload_too_large``        more bytes than ``limits.max_event_bytes``
+``not_utf8``                 the bytes are not UTF-8
+``not_json``                 not JSON (RFC 8259)
+``non_finite_number``        a NaN/Infinity literal, or a number overflowing a double
+``not_object``               JSON, but not an object
+``missing_field``            no ``id`` or no ``logits`` (or null)
+``wrong_type``               a field of the wrong type: numbers as strings, booleans…
+``too_few_classes``          fewer than two logits
+``too_many_classes``         more logits than ``limits.max_classes``
+``labels_length_mismatch``   ``labels`` not as long as ``logits``
+==========================  ======================================================
+
+In JSON a masked class (``-inf``) is written ``null`` inside ``logits``: JSON has no infinity.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Literal
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
+
+Reason = Literal[
+    "payload_too_large",
+    "not_utf8",
+    "not_json",
+    "non_finite_number",
+    "not_object",
+    "missing_field",
+    "wrong_type",
+    "too_few_classes",
+    "too_many_classes",
+    "labels_length_mismatch",
+]
+
+
+class EventError(ValueError):
+    """An event that cannot be decoded; ``code`` is its dead-letter reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class InputEvent(BaseModel):
+    """A classifier's logit event. Unknown fields are kept and carried to the output."""
+
+    # Strict scalar types: a number given as a string, or a boolean, is refused, not coerced.
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    id: StrictStr = Field(min_length=1, max_length=1024)
+    logits: tuple[StrictFloat | None, ...]
+    labels: tuple[StrictStr, ...] | None = None
+    model: StrictStr | None = None
+    ts: StrictStr | None = None
+    metadata: dict[StrictStr, Any] | None = None
+
+    @field_validator("logits")
+    @classmethod
+    def _enough_classes(cls, v: tuple[float | None, ...]) -> tuple[float | None, ...]:
+        if len(v) < 2:
+            raise EventError("too_few_classes", f"need at least 2 logits, got {len(v)}")
+        return v
+
+    def logit_values(self) -> list[float]:
+        """The logits as floats, ``null`` read as ``-inf`` (a masked class)."""
+        return [-math.inf if x is None else x for x in self.logits]
+
+
+class Source(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int | None
+
+
+class PolicyOut(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    min_margin: float
+    min_top1: float | None
+
+
+class OutputEvent(InputEvent):
+    """What the routed and escalated topics carry: the input plus decision and provenance."""
+
+    decision: Literal["routed", "escalated"]
+    label: str
+    class_index: int
+    probabilities: tuple[float, ...]
+    top1: float
+    top2: float
+    margin: float
+    entropy: float
+    temperature: float
+    policy: PolicyOut
+    reason: Literal["low_margin", "low_top1"] | None
+    source: Source
+    config_version: str
+    worker_version: str
+
+
+def decode_event(raw: bytes | None, *, max_bytes: int, max_classes: int) -> InputEvent:
+    """Bytes of one record to a validated event, or ``EventError`` with its reason code."""
+    if raw is None:
+        raise EventError("not_json", "record has no value (tombstone)")
+    if len(raw) > max_bytes:
+        raise EventError("payload_too_large", f"{len(raw)} bytes, limit {max_bytes}")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise _classify_unreadable(raw, exc) from None
+    if not isinstance(doc, dict):
+        raise EventError("not_object", f"top-level JSON is {_json_type(doc)}, not an object")
+    logits = doc.get("logits")
+    if isinstance(logits, list) and len(logits) > max_classes:
+        raise EventError("too_many_classes", f"{len(logits)} classes, limit {max_classes}")
+    try:
+        event = InputEvent.model_validate(doc)
+    except ValidationError as exc:
+        raise _classify_invalid(exc) from None
+    if event.labels is not None and len(event.labels) != len(event.logits):
+        raise EventError(
+            "labels_length_mismatch",
+            f"{len(event.labels)} labels for {len(event.logits)} logits",
+        )
+    return event
+
+
+def _classify_unreadable(raw: bytes, exc: orjson.JSONDecodeError) -> EventError:
+    """orjson refused the bytes; say why in the terms a producer can act on."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return EventError("not_utf8", f"invalid UTF-8 at byte {err.start}")
+
+    def refuse_constant(name: str) -> float:
+        raise EventError("non_finite_number", f"{name} is not a JSON number")
+
+    def checked_float(token: str) -> float:
+        value = float(token)
+        if math.isinf(value):
+            raise EventError("non_finite_number", f"{token[:40]} overflows a double")
+        return value
+
+    try:
+        json.loads(text, parse_constant=refuse_constant, parse_float=checked_float)
+    except EventError as err:
+        return err
+    except (ValueError, RecursionError):
+        pass
+    return EventError("not_json", str(exc))
+
+
+def _classify_invalid(exc: ValidationError) -> EventError:
+    err = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in err["loc"]) or "event"
+    ctx = err.get("ctx") or {}
+    inner = ctx.get("error")
+    if isinstance(inner, EventError):
+        return inner
+    if err["type"] == "missing" or (where in ("id", "logits") and err.get("input") is None):
+        return EventError("missing_field", f"{where} is required")
+    return EventError("wrong_type", f"{where}: {err['msg']}")
+
+
+def _json_type(doc: object) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(doc), "a number"
+    )

@@ -1,0 +1,184 @@
+"""The pure core: softmax at a temperature, the confidence margin, and the escalation policy.
+
+No I/O lives here. The worker, `score`, `replay`, `whatif` and the benchmarks all call these
+functions, so a decision made live is the decision an auditor gets back.
+
+Numerics. Probabilities are computed as ``exp((x_i - max) / T) / sum``. Subtracting the
+maximum *before* dividing by T keeps every exponent <= 0, so nothing overflows for logits
+anywhere in +/-1e308 and T anywhere in (0, inf): a tiny T gives a one-hot vector, a huge T a
+near-uniform one. The sum is taken with ``math.fsum`` (exactly rounded), so the error of each
+probability is a few ulps whatever the number of classes. A ``-inf`` logit is a masked class
+with probability 0; NaN and ``+inf`` are refused, never turned into output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Decision = Literal["routed", "escalated"]
+EscalationReason = Literal["low_margin", "low_top1"]
+
+_NEG_INF = -math.inf
+
+
+class ScoringError(ValueError):
+    """A logit vector or temperature that cannot be scored; ``code`` is a stable reason code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    """What the softmax tells about one logit vector."""
+
+    probabilities: tuple[float, ...]
+    top1: float
+    top2: float
+    margin: float
+    entropy: float
+    class_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The routing policy of one input topic."""
+
+    temperature: float
+    min_margin: float
+    min_top1: float | None = None
+    labels: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        check_temperature(self.temperature)
+        for name in ("min_margin", "min_top1"):
+            value = getattr(self, name)
+            if value is not None and not (0.0 <= value <= 1.0):
+                raise ScoringError("bad_threshold", f"{name} must lie in [0, 1], got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """A decision and everything that explains it."""
+
+    decision: Decision
+    reason: EscalationReason | None
+    label: str
+    scores: Scores
+
+
+def check_temperature(temperature: float) -> None:
+    if not (math.isfinite(temperature) and temperature > 0.0):
+        raise ScoringError(
+            "bad_temperature", f"temperature must be finite and > 0, got {temperature!r}"
+        )
+
+
+def check_logits(logits: Sequence[float]) -> float:
+    """Refuse what cannot be scored and return the largest logit."""
+    if len(logits) < 2:
+        raise ScoringError("too_few_classes", f"need at least 2 classes, got {len(logits)}")
+    top = _NEG_INF
+    for x in logits:
+        if x != x:  # NaN is the only value unequal to itself
+            raise ScoringError("nan_logit", "a logit is NaN")
+        if x > top:
+            top = x
+    if top == math.inf:
+        raise ScoringError("pos_inf_logit", "a logit is +inf")
+    if top == _NEG_INF:
+        raise ScoringError("no_finite_logit", "every logit is -inf")
+    return top
+
+
+def softmax(logits: Sequence[float], temperature: float = 1.0) -> list[float]:
+    """Probabilities of ``logits`` at ``temperature``; see the module docstring for the numerics."""
+    return list(score(logits, temperature).probabilities)
+
+
+def score(logits: Sequence[float], temperature: float = 1.0) -> Scores:
+    check_temperature(temperature)
+    top = check_logits(logits)
+    # z_i = (x_i - max) / T <= 0; a masked class (or a gap past the float range) gives -inf.
+    z = [(x - top) / temperature for x in logits]
+    e = [math.exp(v) for v in z]
+    total = math.fsum(e)  # >= 1: the maximum contributes exp(0) = 1 exactly
+    probs = tuple(v / total for v in e)
+    # Entropy as log(S) + sum(e_i * -z_i) / S: both terms >= 0, so no cancellation, and no
+    # log of an underflowed probability. Masked classes (e_i == 0) contribute nothing.
+    spread = math.fsum(ei * -zi for ei, zi in zip(e, z, strict=True) if ei > 0.0)
+    entropy = math.log(total) + spread / total
+    return _summarise(probs, entropy)
+
+
+def _summarise(probs: Sequence[float], entropy: float) -> Scores:
+    """top-1 (lowest index on a tie), top-2 and their margin from finished probabilities."""
+    best = 0
+    top1 = probs[0]
+    top2 = _NEG_INF
+    for i in range(1, len(probs)):
+        p = probs[i]
+        if p > top1:
+            top2 = top1
+            top1 = p
+            best = i
+        elif p > top2:
+            top2 = p
+    return Scores(
+        probabilities=tuple(probs),
+        top1=top1,
+        top2=top2,
+        margin=top1 - top2,
+        entropy=entropy,
+        class_index=best,
+    )
+
+
+def label_for(index: int, event_labels: Sequence[str] | None, policy: Policy) -> str:
+    """The event's own labels win, then the topic's, then the class index as text."""
+    if event_labels is not None:
+        return event_labels[index]
+    if policy.labels is not None:
+        return policy.labels[index]
+    return str(index)
+
+
+def check_labels(n_classes: int, event_labels: Sequence[str] | None, policy: Policy) -> None:
+    """Labels that do not fit the logits would name the wrong class: refuse them loudly."""
+    if event_labels is not None and len(event_labels) != n_classes:
+        raise ScoringError(
+            "labels_length_mismatch",
+            f"event has {len(event_labels)} labels for {n_classes} logits",
+        )
+    if event_labels is None and policy.labels is not None and len(policy.labels) != n_classes:
+        raise ScoringError(
+            "topic_labels_mismatch",
+            f"topic config has {len(policy.labels)} labels for {n_classes} logits",
+        )
+
+
+def decide(scores: Scores, policy: Policy, event_labels: Sequence[str] | None = None) -> Routing:
+    """Escalate on a small margin first (the lab's lesson), then on a low top-1 probability."""
+    reason: EscalationReason | None = None
+    if scores.margin < policy.min_margin:
+        reason = "low_margin"
+    elif policy.min_top1 is not None and scores.top1 < policy.min_top1:
+        reason = "low_top1"
+    return Routing(
+        decision="routed" if reason is None else "escalated",
+        reason=reason,
+        label=label_for(scores.class_index, event_labels, policy),
+        scores=scores,
+    )
+
+
+def route(
+    logits: Sequence[float], policy: Policy, event_labels: Sequence[str] | None = None
+) -> Routing:
+    """Score one event and decide where it goes."""
+    check_labels(len(logits), event_labels, policy)
+    return decide(score(logits, policy.temperature), policy, event_labels)

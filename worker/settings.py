@@ -1,0 +1,240 @@
+"""Configuration: one frozen pydantic-settings model, from a TOML file plus the environment.
+
+Precedence, highest first: environment (``LOGIT_ROUTER_`` prefix, ``__`` between levels, e.g.
+``LOGIT_ROUTER_KAFKA__BOOTSTRAP_SERVERS``), secret files (``secrets_dir``), the TOML file,
+defaults. Settings are built once in the CLI and passed down; nothing here is global.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from worker.routing import Policy
+
+ENV_PREFIX = "LOGIT_ROUTER_"
+
+
+class ConfigError(Exception):
+    """A configuration that must be refused before anything touches Kafka."""
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be finite")
+    return value
+
+
+Temperature = Annotated[float, Field(gt=0.0), AfterValidator(_finite)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(BaseModel):
+    model_config = _FROZEN
+
+    bootstrap_servers: str = Field("localhost:9092", min_length=1)
+    group_id: str = Field("logit-router", min_length=1)
+    client_id: str = Field("logit-router", min_length=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(45_000, ge=1_000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    max_poll_interval_ms: int = Field(300_000, ge=1_000)
+    request_timeout_ms: int = Field(40_000, ge=1_000)
+    # How long the worker may go without reaching the brokers before it gives up, exit 1.
+    connect_timeout_s: float = Field(30.0, gt=0.0)
+    fetch_max_wait_ms: int = Field(100, ge=0)
+    max_partition_fetch_bytes: int = Field(1_048_576, ge=1024)
+    linger_ms: int = Field(5, ge=0)
+    max_batch_size: int = Field(262_144, ge=1024)
+    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_"):
+            for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
+                if getattr(self, name) is None:
+                    raise ValueError(f"{name} is required with {self.security_protocol}")
+        return self
+
+
+class OutputTopics(BaseModel):
+    model_config = _FROZEN
+
+    routed: str = Field("logits.routed", min_length=1)
+    escalated: str = Field("logits.escalated", min_length=1)
+    dead_letter: str = Field("logits.dead-letter", min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> OutputTopics:
+        names = [self.routed, self.escalated, self.dead_letter]
+        if len(set(names)) != 3:
+            raise ValueError(f"output topics must be three different topics, got {names}")
+        return self
+
+
+class TopicPolicy(BaseModel):
+    """The policy of one input topic (the lab: temperature is set per use case)."""
+
+    model_config = _FROZEN
+
+    temperature: Temperature = 1.0
+    min_margin: Probability = 0.1
+    min_top1: Probability | None = None
+    labels: tuple[str, ...] | None = Field(None, min_length=2)
+
+    def policy(self) -> Policy:
+        return Policy(self.temperature, self.min_margin, self.min_top1, self.labels)
+
+
+class Limits(BaseModel):
+    model_config = _FROZEN
+
+    max_classes: int = Field(10_000, ge=2)
+    max_event_bytes: int = Field(1_048_576, ge=64)
+
+
+class Processing(BaseModel):
+    model_config = _FROZEN
+
+    guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    max_batch_records: int = Field(1_000, ge=1, le=100_000)
+    # Bound on a graceful stop: finish the batch in hand, flush, commit; past it, give up.
+    drain_timeout_s: float = Field(10.0, gt=0.0)
+    transaction_timeout_ms: int = Field(60_000, ge=1_000)
+
+
+class HttpSettings(BaseModel):
+    model_config = _FROZEN
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # loopback unless the operator opens it up on purpose
+    port: int = Field(9464, ge=0, le=65_535)
+
+
+class LogSettings(BaseModel):
+    model_config = _FROZEN
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    outputs: OutputTopics = OutputTopics()
+    topics: dict[str, TopicPolicy] = Field(min_length=1)
+    limits: Limits = Limits()
+    processing: Processing = Processing()
+    http: HttpSettings = HttpSettings()
+    log: LogSettings = LogSettings()
+
+    @model_validator(mode="after")
+    def _inputs_are_not_outputs(self) -> Settings:
+        outputs = {self.outputs.routed, self.outputs.escalated, self.outputs.dead_letter}
+        loops = sorted(outputs & set(self.topics))
+        if loops:
+            raise ValueError(f"input topics {loops} are also output topics")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment beats the file (given as init kwargs), as twelve-factor apps expect.
+        return env_settings, file_secret_settings, init_settings
+
+    def policies(self) -> dict[str, Policy]:
+        return {topic: tp.policy() for topic, tp in self.topics.items()}
+
+    @property
+    def config_version(self) -> str:
+        return config_version(self)
+
+
+def config_version(settings: Settings) -> str:
+    """A stable hash of the effective routing config: topics, policies, outputs and limits.
+
+    Connection details (brokers, credentials, ports) are left out on purpose: moving a worker to
+    another cluster or rotating a password does not change a single decision, so auditors should
+    not see a new version for it, and a secret never feeds a published hash.
+    """
+    effective = settings.model_dump(mode="json", include={"topics", "outputs", "limits"})
+    canonical = orjson.dumps(effective, option=orjson.OPT_SORT_KEYS)
+    return "sha256:" + hashlib.sha256(canonical).hexdigest()
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (if any), apply the environment, validate; ConfigError if bad."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per bad field: where it is, the value given, what is wrong. Secrets are masked."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        value = err.get("input")
+        shown = "'**********'" if _looks_secret(where) else _short(value)
+        lines.append(f"{where} = {shown}: {err['msg']}")
+    return "invalid config: " + "; ".join(lines)
+
+
+def _looks_secret(where: str) -> bool:
+    return any(word in where for word in ("password", "secret", "token"))
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "{…}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
