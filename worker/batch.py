@@ -1,4 +1,9 @@
-"""Scoring many events in one call: numpy where it pays, the scalar core where vectors are tiny.
+"""Scoring many events in one call, vectorised with numpy over events of the same width.
+
+``routing.route`` (plain Python) serves one event at a time, where numpy's per-call overhead
+would dominate: ``score``, and rows near a threshold (below). Every batch goes through numpy,
+whatever its size, so that the bytes published for an event depend only on the event and its
+policy, never on which other events shared its batch: a replay reproduces them exactly.
 
 The batch path must give the decisions of the scalar path (``routing.route``), event for event,
 so that a live decision, its replay and ``logit-router score`` never disagree. numpy's ``exp``
@@ -30,10 +35,6 @@ from worker.routing import (
 # Far above the numpy-vs-scalar disagreement (< 1e-13 for 10,000 classes), far below any
 # threshold an operator would set: a random event lands in the band about once in 1e10.
 GUARD = 1e-10
-# Below this many cells (rows x classes) a group costs less in plain Python than numpy's
-# per-call overhead; measured with bench/core.py on the development machine.
-NUMPY_MIN_CELLS = 256
-NUMPY_MIN_ROWS = 4
 
 
 class Item(NamedTuple):
@@ -49,7 +50,7 @@ def route_batch(items: Sequence[Item]) -> list[Routing | ScoringError]:
     for i, item in enumerate(items):
         by_width[len(item.logits)].append(i)
     for width, rows in by_width.items():
-        if width >= 2 and len(rows) >= NUMPY_MIN_ROWS and len(rows) * width >= NUMPY_MIN_CELLS:
+        if width >= 2:
             _route_vectorised(items, rows, out)
         else:
             for i in rows:

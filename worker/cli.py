@@ -8,6 +8,7 @@ user's mistake. Commands import their heavy modules lazily, so ``score`` starts 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -123,12 +124,77 @@ def _score(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- run and demo ------------------------------------------------------------------------
+
+
+def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("run", help="the worker: consume, score, publish, commit")
+    p.add_argument("--config", type=existing_file, required=True, help="TOML config file")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from worker import logs
+    from worker.settings import load_settings
+
+    settings = load_settings(args.config)  # a bad config exits 2 here, before any Kafka call
+    logs.configure(settings.log.level, settings.log.format)
+    from worker.service import run
+
+    return run(settings)
+
+
+def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("demo", help="the whole flow on a throwaway local broker, then a summary")
+    p.add_argument("--events", type=positive_int, default=3000, help="per input topic")
+    p.add_argument("--http-port", type=port, default=0, help="0 picks a free port")
+    p.add_argument("--keep-running", action="store_true", help="stay up, serving /metrics")
+    p.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from worker import logs
+
+    logs.configure("WARNING")
+    # The first group request on a new broker meets "coordinator not available" while Kafka
+    # creates __consumer_offsets; aiokafka logs that as an error and retries. Not news here.
+    logging.getLogger("aiokafka.consumer.group_coordinator").setLevel(logging.CRITICAL)
+    from worker.broker import BrokerError
+    from worker.demo import run_demo
+
+    try:
+        return run_demo(args.events, args.http_port, args.keep_running)
+    except BrokerError as exc:
+        sys.stderr.write(f"logit-router demo: {exc}\n")
+        return EXIT_FAILURE
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return value
+
+
 # --- main --------------------------------------------------------------------------------
 
 Registrar = Callable[["argparse._SubParsersAction[_Parser]"], None]
 
 
-REGISTRARS: list[Registrar] = [_add_score]
+REGISTRARS: list[Registrar] = [_add_score, _add_run, _add_demo]
 
 
 def build_parser() -> _Parser:

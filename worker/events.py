@@ -121,6 +121,13 @@ class OutputEvent(InputEvent):
 
 def decode_event(raw: bytes | None, *, max_bytes: int, max_classes: int) -> InputEvent:
     """Bytes of one record to a validated event, or ``EventError`` with its reason code."""
+    return decode_document(raw, max_bytes=max_bytes, max_classes=max_classes)[1]
+
+
+def decode_document(
+    raw: bytes | None, *, max_bytes: int, max_classes: int
+) -> tuple[dict[str, Any], InputEvent]:
+    """Like ``decode_event``, also returning the JSON object as sent, to carry it unchanged."""
     if raw is None:
         raise EventError("not_json", "record has no value (tombstone)")
     if len(raw) > max_bytes:
@@ -143,7 +150,7 @@ def decode_event(raw: bytes | None, *, max_bytes: int, max_classes: int) -> Inpu
             "labels_length_mismatch",
             f"{len(event.labels)} labels for {len(event.logits)} logits",
         )
-    return event
+    return doc, event
 
 
 def _classify_unreadable(raw: bytes, exc: orjson.JSONDecodeError) -> EventError:

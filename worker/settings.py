@@ -72,6 +72,9 @@ class KafkaSettings(BaseModel):
     max_partition_fetch_bytes: int = Field(1_048_576, ge=1024)
     linger_ms: int = Field(5, ge=0)
     max_batch_size: int = Field(262_144, ge=1024)
+    # Large enough that the topic's own max.message.bytes, not the client, bounds a record:
+    # a dead-letter record must carry its input byte for byte, however big it was.
+    max_request_size: int = Field(8_388_608, ge=1024)
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
 
     @model_validator(mode="after")

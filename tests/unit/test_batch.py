@@ -102,3 +102,21 @@ def test_labels_mismatch_is_reported_per_row() -> None:
     assert isinstance(out[-1], ScoringError)
     assert out[-1].code == "labels_length_mismatch"
     assert all(isinstance(r, Routing) for r in out[:-1])
+
+
+def test_an_event_scores_the_same_whatever_batch_it_comes_in() -> None:
+    """What an auditor's replay relies on: the output is a function of the event alone."""
+    items = random_items(random.Random(11), 3_000)
+    together = route_batch(items)
+    for k in (0, 1, 17, 1234, 2999):
+        alone = route_batch([items[k]])[0]
+        if isinstance(alone, ScoringError):
+            assert isinstance(together[k], ScoringError)
+        else:
+            assert alone == together[k]
+    shuffled = list(range(len(items)))
+    random.Random(3).shuffle(shuffled)
+    again = route_batch([items[k] for k in shuffled])
+    for pos, k in enumerate(shuffled):
+        a, b = again[pos], together[k]
+        assert (a.code == b.code) if isinstance(a, ScoringError) else a == b  # type: ignore[union-attr]

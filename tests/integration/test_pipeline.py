@@ -1,0 +1,303 @@
+"""The worker on a real broker: every input offset ends in exactly one output, as decided by
+the core, in order, with keys and headers kept; stops and restarts lose nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.integration.helpers import (
+    create_all,
+    make_settings,
+    read_inputs,
+    read_outputs,
+    running_worker,
+    wait_until_committed,
+)
+from worker import __version__, admin, traffic
+from worker.events import EventError, decode_event
+from worker.records import DLQ_PREFIX
+from worker.routing import ScoringError, route
+from worker.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+DLQ_HEADERS = {
+    DLQ_PREFIX + name
+    for name in (
+        "reason",
+        "error_class",
+        "message",
+        "source.topic",
+        "source.partition",
+        "source.offset",
+        "source.timestamp",
+        "worker_version",
+    )
+}
+
+
+async def publish_mixed(settings: Settings, per_topic: int, seed: int = 0) -> int:
+    sent = 0
+    for n, topic in enumerate(sorted(settings.topics)):
+        classes = 3 if topic.startswith("support") else 2
+        events = traffic.synthetic(per_topic, seed=seed + n, classes=classes, malformed_rate=0.05)
+        sent += await traffic.produce(settings.kafka.bootstrap_servers, topic, events)
+    return sent
+
+
+def expected(settings: Settings, record: Any) -> tuple[str, str | None, str | None]:
+    """What the core says about an input record: (decision, reason or dlq reason, label)."""
+    limits = settings.limits
+    try:
+        event = decode_event(
+            record.value, max_bytes=limits.max_event_bytes, max_classes=limits.max_classes
+        )
+        policy = settings.policies()[record.topic]
+        r = route(event.logit_values(), policy, event.labels)
+    except (EventError, ScoringError) as exc:
+        return "dead_letter", exc.code, None
+    return r.decision, r.reason, r.label
+
+
+def check_outputs(
+    settings: Settings, inputs: list[Any], outputs: Any, *, exactly_once: bool
+) -> None:
+    by_source = outputs.by_source()
+    for rec in inputs:
+        got = by_source.get((rec.topic, rec.partition, rec.offset), [])
+        assert got, f"input {rec.topic}[{rec.partition}]@{rec.offset} has no output"
+        if exactly_once:
+            assert len(got) == 1, f"input {rec.topic}[{rec.partition}]@{rec.offset}: {len(got)}"
+        kind, out = got[0]
+        decision, reason, label = expected(settings, rec)
+        assert kind == decision
+        assert out.key == rec.key
+        assert list(out.headers)[: len(rec.headers)] == list(rec.headers)
+        if kind == "dead_letter":
+            headers = dict(out.headers)
+            assert out.value == rec.value  # byte for byte
+            assert DLQ_HEADERS <= set(headers)
+            assert headers[DLQ_PREFIX + "reason"].decode() == reason
+            assert headers[DLQ_PREFIX + "worker_version"].decode() == __version__
+            assert len(headers[DLQ_PREFIX + "message"]) <= 1024
+        else:
+            doc = orjson.loads(out.value)
+            assert (doc["decision"], doc["reason"], doc["label"]) == (decision, reason, label)
+            sent = orjson.loads(rec.value)
+            assert {k: doc[k] for k in sent} == sent  # the input fields, carried unchanged
+            event = decode_event(rec.value, max_bytes=10**7, max_classes=10**4)
+            want = route(event.logit_values(), settings.policies()[rec.topic]).scores
+            err = max(
+                abs(a - b) for a, b in zip(doc["probabilities"], want.probabilities, strict=True)
+            )
+            assert err <= 1e-14
+            assert doc["config_version"] == settings.config_version
+            assert doc["source"]["timestamp"] == rec.timestamp
+    assert sum(len(v) for v in by_source.values()) >= len(inputs)
+    if exactly_once:
+        total = len(outputs.routed) + len(outputs.escalated) + len(outputs.dead)
+        assert total == len(inputs)
+
+
+def check_order(outputs: Any) -> None:
+    """Within each output partition, outputs of one input partition keep their input order."""
+    for kind, recs in (("routed", outputs.routed), ("escalated", outputs.escalated)):
+        last: dict[tuple[int, str, int], int] = defaultdict(lambda: -1)
+        for r in sorted(recs, key=lambda r: (r.partition, r.offset)):
+            src = orjson.loads(r.value)["source"]
+            k = (r.partition, src["topic"], src["partition"])
+            assert src["offset"] > last[k], f"{kind}: out of order at {r.partition}@{r.offset}"
+            last[k] = src["offset"]
+
+
+async def test_10000_mixed_events_each_end_in_exactly_one_output(bootstrap: str, uid: str) -> None:
+    settings = make_settings(bootstrap, uid)
+    await create_all(settings)
+    sent = await publish_mixed(settings, 5_000)
+    assert sent == 10_000
+    async with running_worker(settings):
+        await wait_until_committed(settings)
+    inputs = await read_inputs(settings)
+    assert len(inputs) == 10_000
+    outputs = await read_outputs(settings)
+    check_outputs(settings, inputs, outputs, exactly_once=True)
+    check_order(outputs)
+    assert outputs.dead and outputs.escalated and outputs.routed
+    reasons = {dict(r.headers)[DLQ_PREFIX + "reason"].decode() for r in outputs.dead}
+    assert {"not_json", "non_finite_number", "wrong_type", "not_utf8"} <= reasons
+
+
+async def test_one_worker_stops_half_way_another_finishes(bootstrap: str, uid: str) -> None:
+    settings = make_settings(bootstrap, uid, processing={"max_batch_records": 50})
+    await create_all(settings)
+    await publish_mixed(settings, 3_000)
+    async with running_worker(settings):
+        # Stop once some, but not all, of the work is committed.
+        ends = await admin.end_offsets(settings.kafka, settings.topics)
+        total = sum(ends.values())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            seen = await admin.wait_for_commits(settings.kafka, settings.kafka.group_id, ends, 0)
+            if sum(seen.values()) > 0:
+                break
+            await asyncio.sleep(0.05)
+    seen = await admin.wait_for_commits(settings.kafka, settings.kafka.group_id, ends, 0)
+    assert 0 < sum(seen.values()) < total, "the first worker should stop half way"
+    async with running_worker(settings):
+        await wait_until_committed(settings)
+    inputs = await read_inputs(settings)
+    outputs = await read_outputs(settings)
+    check_outputs(settings, inputs, outputs, exactly_once=False)
+    check_order(outputs)
+
+
+def write_config(settings: Settings, path: Path, **http: Any) -> Path:
+    lines = [
+        "[kafka]",
+        f'bootstrap_servers = "{settings.kafka.bootstrap_servers}"',
+        f'group_id = "{settings.kafka.group_id}"',
+        "connect_timeout_s = 5",
+        "[outputs]",
+        f'routed = "{settings.outputs.routed}"',
+        f'escalated = "{settings.outputs.escalated}"',
+        f'dead_letter = "{settings.outputs.dead_letter}"',
+        "[processing]",
+        "max_batch_records = 100",
+        "drain_timeout_s = 10",
+        "[http]",
+        f"enabled = {str(bool(http)).lower()}",
+        *(f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in http.items()),
+    ]
+    for topic, tp in settings.topics.items():
+        lines += [f'[topics."{topic}"]', f"temperature = {tp.temperature}"]
+        lines += [f"min_margin = {tp.min_margin}"]
+        if tp.min_top1 is not None:
+            lines += [f"min_top1 = {tp.min_top1}"]
+        if tp.labels is not None:
+            lines += [f"labels = {orjson.dumps(list(tp.labels)).decode()}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start_worker(config: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+async def test_sigterm_mid_stream_exits_0_and_loses_nothing(
+    bootstrap: str, uid: str, tmp_path: Path
+) -> None:
+    settings = make_settings(bootstrap, uid)
+    await create_all(settings)
+    with start_worker(write_config(settings, tmp_path / "w.toml")) as proc:
+        try:
+            producing = asyncio.create_task(publish_mixed(settings, 20_000))
+            # SIGTERM once the worker has committed something, while traffic still flows.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                ends = await admin.end_offsets(settings.kafka, settings.topics)
+                seen = await admin.wait_for_commits(
+                    settings.kafka, settings.kafka.group_id, ends, 0
+                )
+                if sum(seen.values()) > 0:
+                    break
+                await asyncio.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            code = await asyncio.to_thread(proc.wait, 30)
+            took = time.monotonic() - signalled
+            await producing
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        log = proc.stdout.read() if proc.stdout else ""
+    assert code == 0, log
+    assert took < 10 + 2, f"exit took {took:.1f}s, drain bound is 10s"
+    assert "Traceback" not in log
+    ends = await admin.end_offsets(settings.kafka, settings.topics)
+    seen = await admin.wait_for_commits(settings.kafka, settings.kafka.group_id, ends, 0)
+    assert sum(seen.values()) < sum(ends.values()), "SIGTERM should land mid-stream"
+    # Whatever it committed has its outputs; a second worker does the rest, nothing is lost.
+    async with running_worker(settings):
+        await wait_until_committed(settings)
+    check_outputs(settings, await read_inputs(settings), await read_outputs(settings),
+                  exactly_once=False)  # fmt: skip
+
+
+def test_bad_config_exits_before_touching_kafka(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    # Port 9 (discard) on loopback has no Kafka: if the worker tried, it would hang or say so.
+    bad.write_text('[kafka]\nbootstrap_servers = "127.0.0.1:9"\n[topics."t"]\ntemperature = -2\n')
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "run", "--config", str(bad)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "topics.t.temperature = -2" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - started < 10
+
+
+def test_unreachable_broker_is_fatal_with_a_clear_message(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[kafka]\nbootstrap_servers = "127.0.0.1:9"\nconnect_timeout_s = 2\n'
+        '[http]\nenabled = false\n[topics."t"]\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "run", "--config", str(cfg)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "cannot reach Kafka at 127.0.0.1:9 within 2s" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_topic_is_fatal_and_named(bootstrap: str, uid: str, tmp_path: Path) -> None:
+    settings = make_settings(bootstrap, uid)  # topics never created
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "run", "--config",
+         str(write_config(settings, tmp_path / "c.toml"))],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert f"topics do not exist: dlq-{uid}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_demo_from_the_command_line(kafka_broker: Any) -> None:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_broker.bootstrap_servers}
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "demo", "--events", "1500"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = orjson.loads(proc.stdout.strip().splitlines()[-1])
+    counts = summary["counts"]
+    assert set(counts) == {"support.intents", "fraud.scores"}
+    total = sum(sum(c.values()) for c in counts.values())
+    assert total == summary["published"] == summary["outputs"]
+    for c in counts.values():
+        assert c["routed"] > 0 and c["escalated"] > 0 and c["dead_letter"] > 0
+    lab = summary["lab"]
+    assert [round(p, 4) for p in lab["probabilities"]] == [0.6306, 0.3561, 0.0133]
+    assert (lab["decision"], lab["label"]) == ("routed", "billing")
+    assert math.isclose(lab["margin"], 0.6306 - 0.3561, abs_tol=1e-3)

@@ -1,0 +1,114 @@
+"""Kafka clients built from settings: one place for connection, security and tuning options."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.helpers import create_ssl_context
+
+from worker.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+class FatalError(Exception):
+    """The worker cannot go on: a one-line reason for the operator, exit status 1."""
+
+
+def connection_options(kafka: KafkaSettings) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": kafka.client_id,
+        "security_protocol": kafka.security_protocol,
+        "request_timeout_ms": kafka.request_timeout_ms,
+    }
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        opts["ssl_context"] = _ssl_context(kafka)
+    if kafka.security_protocol.startswith("SASL_"):
+        if kafka.sasl_password is None:  # settings refuse this already; say so if bypassed
+            raise FatalError(f"sasl_password is required with {kafka.security_protocol}")
+        opts["sasl_mechanism"] = kafka.sasl_mechanism
+        opts["sasl_plain_username"] = kafka.sasl_username
+        opts["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
+    return opts
+
+
+def _ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:
+    password = kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else None
+    context: ssl.SSLContext = create_ssl_context(
+        cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
+        certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
+        keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
+        password=password,
+    )
+    return context
+
+
+def make_consumer(kafka: KafkaSettings, *, group_id: str | None, **extra: Any) -> AIOKafkaConsumer:
+    """A consumer of raw bytes with manual commits: we decode, and commit after the outputs."""
+    return AIOKafkaConsumer(
+        **connection_options(kafka),
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=kafka.auto_offset_reset,
+        isolation_level="read_committed",
+        session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+        max_poll_interval_ms=kafka.max_poll_interval_ms,
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+        max_partition_fetch_bytes=kafka.max_partition_fetch_bytes,
+        **extra,
+    )
+
+
+def make_producer(kafka: KafkaSettings, **extra: Any) -> AIOKafkaProducer:
+    """An idempotent producer (acks=all): retries never duplicate or reorder a partition."""
+    return AIOKafkaProducer(
+        **connection_options(kafka),
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=kafka.linger_ms,
+        max_batch_size=kafka.max_batch_size,
+        max_request_size=kafka.max_request_size,
+        compression_type=kafka.compression_type,
+        **extra,
+    )
+
+
+def make_admin(kafka: KafkaSettings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**connection_options(kafka))
+
+
+async def start_within(
+    start: Callable[[], Awaitable[None]], kafka: KafkaSettings, what: str
+) -> None:
+    """Start a client, retrying while the brokers cannot be reached, up to the connect timeout.
+
+    Authentication and authorisation errors are not retried: a wrong password stays wrong.
+    """
+    deadline = time.monotonic() + kafka.connect_timeout_s
+    delay = 0.2
+    while True:
+        try:
+            await start()
+        except KafkaConnectionError as exc:
+            if time.monotonic() + delay > deadline:
+                raise FatalError(
+                    f"cannot reach Kafka at {kafka.bootstrap_servers} within "
+                    f"{kafka.connect_timeout_s:g}s ({what}): {exc}"
+                ) from None
+            log.warning("%s: Kafka not reachable yet (%s); retrying", what, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        except KafkaError as exc:
+            raise FatalError(f"{what} failed to start: {type(exc).__name__}: {exc}") from None
+        else:
+            return

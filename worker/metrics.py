@@ -1,0 +1,166 @@
+"""Prometheus metrics, prefix ``logit_router_``, base units, ``_total`` on counters.
+
+Labels come only from small fixed sets: topics named in the config, decisions and reason codes.
+Every labelled child is created up front, so a dashboard reads 0, not "no data", from the start.
+The object takes its registry: tests pass a fresh ``CollectorRegistry``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from worker import __version__
+from worker.records import Outbound
+from worker.settings import Settings
+
+DECISIONS = ("routed", "escalated", "dead_letter")
+ESCALATION_REASONS = ("low_margin", "low_top1")
+DEAD_LETTER_REASONS = (
+    "payload_too_large",
+    "not_utf8",
+    "not_json",
+    "non_finite_number",
+    "not_object",
+    "missing_field",
+    "wrong_type",
+    "too_few_classes",
+    "too_many_classes",
+    "labels_length_mismatch",
+    "topic_labels_mismatch",
+    "nan_logit",
+    "pos_inf_logit",
+    "no_finite_logit",
+)
+
+# Dense below 0.3, where escalation thresholds live, coarser above: enough to draw the
+# distribution on [0, 1] as a heatmap and to read quantiles near a threshold.
+UNIT_BUCKETS = (
+    *(round(0.01 * i, 2) for i in range(1, 30)),
+    *(round(0.05 * i, 2) for i in range(6, 20)),
+    0.97,
+    0.99,
+    1.0,
+)
+ENTROPY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
+SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
+        topics = sorted(settings.topics)
+        p = "logit_router_"
+        self.registry = registry
+        self.events = Counter(
+            p + "events_total", "Events processed, by input topic and decision.",
+            ["topic", "decision"], registry=registry,
+        )  # fmt: skip
+        self.escalations = Counter(
+            p + "escalations_total", "Escalated events, by input topic and reason.",
+            ["topic", "reason"], registry=registry,
+        )  # fmt: skip
+        self.dead_letters = Counter(
+            p + "dead_letters_total", "Dead-lettered events, by input topic and reason.",
+            ["topic", "reason"], registry=registry,
+        )  # fmt: skip
+        self.margin = Histogram(
+            p + "margin", "Confidence margin (top-1 minus top-2 probability) of scored events.",
+            ["topic"], buckets=UNIT_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.top1 = Histogram(
+            p + "top1_probability", "Top-1 probability of scored events.",
+            ["topic"], buckets=UNIT_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.entropy = Histogram(
+            p + "entropy_nats", "Entropy of the probabilities of scored events, in nats.",
+            ["topic"], buckets=ENTROPY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.batch_seconds = Histogram(
+            p + "batch_duration_seconds", "Time to score, publish and commit one batch.",
+            buckets=SECONDS_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.batch_records = Histogram(
+            p + "batch_records", "Records per processed batch.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000), registry=registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            p + "end_to_end_latency_seconds",
+            "From the input record's timestamp to its output being acknowledged.",
+            ["topic"], buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.produce_seconds = Histogram(
+            p + "produce_ack_duration_seconds", "Time for a batch's outputs to be acknowledged.",
+            buckets=SECONDS_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.commit_seconds = Histogram(
+            p + "commit_duration_seconds", "Time to commit a batch's input offsets.",
+            buckets=SECONDS_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.commit_failures = Counter(
+            p + "commit_failures_total", "Offset commits that failed (the batch is redelivered).",
+            registry=registry,
+        )  # fmt: skip
+        self.lag = Gauge(
+            p + "consumer_lag_records", "Records behind the end of each assigned partition.",
+            ["topic", "partition"], registry=registry,
+        )  # fmt: skip
+        self.last_processed = Gauge(
+            p + "last_processed_timestamp_seconds",
+            "Unix time when the last batch was committed.",
+            registry=registry,
+        )  # fmt: skip
+        self.assigned = Gauge(
+            p + "assigned_partitions", "Input partitions assigned to this worker.",
+            registry=registry,
+        )  # fmt: skip
+        self.rebalances = Counter(
+            p + "rebalances_total", "Partition assignments received from the group.",
+            registry=registry,
+        )  # fmt: skip
+        self.info = Info(
+            p + "build", "Worker version and the hash of its routing config.", registry=registry
+        )
+        self.info.info({"version": __version__, "config_version": settings.config_version})
+        for topic in topics:
+            for decision in DECISIONS:
+                self.events.labels(topic, decision)
+            for reason in ESCALATION_REASONS:
+                self.escalations.labels(topic, reason)
+            for reason in DEAD_LETTER_REASONS:
+                self.dead_letters.labels(topic, reason)
+            self.margin.labels(topic)
+            self.top1.labels(topic)
+            self.entropy.labels(topic)
+            self.latency.labels(topic)
+        self._topics = frozenset(topics)
+
+    def record_outputs(self, outputs: Sequence[Outbound], acked_at: float | None = None) -> None:
+        """Count a batch whose outputs are acknowledged; observe scores and latency."""
+        now = time.time() if acked_at is None else acked_at
+        for o in outputs:
+            topic = o.source_topic
+            self.events.labels(topic, o.kind).inc()
+            if o.kind == "dead_letter":
+                self.dead_letters.labels(topic, o.reason or "unknown").inc()
+            elif o.routing is not None:
+                s = o.routing.scores
+                self.margin.labels(topic).observe(s.margin)
+                self.top1.labels(topic).observe(s.top1)
+                self.entropy.labels(topic).observe(s.entropy)
+                if o.reason is not None:
+                    self.escalations.labels(topic, o.reason).inc()
+            if o.source_timestamp > 0:
+                self.latency.labels(topic).observe(max(0.0, now - o.source_timestamp / 1000))
+
+    def set_assignment(self, partitions: Iterable[tuple[str, int]]) -> None:
+        parts = list(partitions)
+        self.assigned.set(len(parts))
+        self.lag.clear()
+        for topic, partition in parts:
+            self.lag.labels(topic, str(partition))
+
+    def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        self.lag.labels(topic, str(partition)).set(max(0, lag))

@@ -1,0 +1,222 @@
+"""The worker loop: consume raw records, route them, publish, then commit. At-least-once.
+
+Order of work for each batch, and why:
+
+1. ``getmany`` (bounded by ``max_batch_records``) returns records of several partitions.
+2. ``Router.process`` gives exactly one output per input: routed, escalated or dead-letter.
+3. Every output is handed to the idempotent producer in input order (one producer keeps
+   per-partition order), then all acknowledgements are awaited together: no per-message wait.
+4. Only then are the input offsets committed, one commit per batch. A crash anywhere before
+   the commit redelivers the batch; nothing is ever committed ahead of its outputs.
+
+A rebalance waits for the batch in hand (``_batch_lock``) before partitions are given up, so
+finished work is committed by the owner that did it. On stop, fetching stops, the batch in hand
+is finished within ``processing.drain_timeout_s``, and the clients are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from worker.connections import FatalError, make_consumer, make_producer, start_within
+from worker.metrics import Metrics
+from worker.records import ConsumedRecord, Outbound, Router
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FETCH_TIMEOUT_MS = 200  # how long one getmany may wait: also how fast a stop is noticed
+
+
+class DrainTimeout(Exception):
+    """The batch in hand did not finish within the drain bound; its offsets stay uncommitted."""
+
+
+class Worker:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.router = Router(settings)
+        self.inputs = sorted(settings.topics)
+        self._batch_lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self.started = False
+        self.assignment: frozenset[TopicPartition] = frozenset()
+        self.processed = 0
+
+    @property
+    def ready(self) -> bool:
+        """Connected, in the group, and owning at least one partition."""
+        return self.started and bool(self.assignment)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process until ``stop`` is set; raise ``FatalError`` or ``DrainTimeout`` on failure."""
+        kafka = self.settings.kafka
+        async with AsyncExitStack() as stack:
+            producer = make_producer(kafka)
+            await start_within(producer.start, kafka, "producer")
+            stack.push_async_callback(producer.stop)
+            consumer = make_consumer(kafka, group_id=kafka.group_id)
+            await start_within(consumer.start, kafka, "consumer")
+            stack.push_async_callback(self._close_consumer, consumer)
+            await self._check_topics(consumer)
+            consumer.subscribe(self.inputs, listener=_Listener(self))
+            self._consumer = consumer
+            self.started = True
+            log.info(
+                "worker started: inputs=%s group=%s config_version=%s",
+                ",".join(self.inputs),
+                kafka.group_id,
+                self.settings.config_version,
+            )
+            await self._loop(consumer, producer, stop)
+
+    async def _close_consumer(self, consumer: AIOKafkaConsumer) -> None:
+        self.started = False
+        await consumer.stop()  # leaves the group at once, so partitions move without delay
+
+    async def _check_topics(self, consumer: AIOKafkaConsumer) -> None:
+        """Refuse to start without our topics: the worker never creates them."""
+        outputs = self.settings.outputs
+        needed = {*self.inputs, outputs.routed, outputs.escalated, outputs.dead_letter}
+        try:
+            existing: set[str] = await consumer.topics()
+        except KafkaError as exc:
+            raise FatalError(f"cannot list topics: {type(exc).__name__}: {exc}") from None
+        missing = sorted(needed - existing)
+        if missing:
+            raise FatalError(f"topics do not exist: {', '.join(missing)} (create them first)")
+
+    async def _loop(
+        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, stop: asyncio.Event
+    ) -> None:
+        processing = self.settings.processing
+        while not stop.is_set():
+            batches = await consumer.getmany(
+                timeout_ms=FETCH_TIMEOUT_MS, max_records=processing.max_batch_records
+            )
+            if not batches:
+                continue
+            task = asyncio.create_task(self._handle(consumer, producer, batches))
+            await _finish_within(task, stop, processing.drain_timeout_s)
+
+    async def _handle(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        batches: dict[TopicPartition, list[Any]],
+    ) -> None:
+        async with self._batch_lock:
+            # A rebalance may have taken partitions between the fetch and this lock.
+            owned = consumer.assignment()
+            records: list[ConsumedRecord] = [
+                r for tp, rs in batches.items() if tp in owned for r in rs
+            ]
+            if not records:
+                return
+            started = time.perf_counter()
+            outputs = self.router.process(records)
+            await self._publish(producer, outputs)
+            acked = time.time()
+            await self._commit(consumer, batches, owned)
+            self.metrics.record_outputs(outputs, acked)
+            self.metrics.batch_records.observe(len(records))
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            self.metrics.last_processed.set(time.time())
+            self.processed += len(records)
+            self._update_lag(consumer, batches)
+
+    async def _publish(self, producer: AIOKafkaProducer, outputs: Sequence[Outbound]) -> None:
+        started = time.perf_counter()
+        try:
+            futures = [
+                await producer.send(o.topic, o.value, key=o.key, headers=o.headers) for o in outputs
+            ]
+            await asyncio.gather(*futures)
+        except KafkaError as exc:
+            raise FatalError(
+                f"publishing failed, offsets not committed: {type(exc).__name__}: {exc}"
+            ) from None
+        self.metrics.produce_seconds.observe(time.perf_counter() - started)
+
+    async def _commit(
+        self,
+        consumer: AIOKafkaConsumer,
+        batches: dict[TopicPartition, list[Any]],
+        owned: set[TopicPartition],
+    ) -> None:
+        offsets = {
+            tp: OffsetAndMetadata(rs[-1].offset + 1, "")
+            for tp, rs in batches.items()
+            if tp in owned and rs
+        }
+        started = time.perf_counter()
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # The outputs are published; the next owner reprocesses this batch (at-least-once).
+            self.metrics.commit_failures.inc()
+            log.warning("commit failed, batch will be redelivered: %s", exc)
+            return
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
+
+    def _update_lag(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Any]]
+    ) -> None:
+        for tp, rs in batches.items():
+            end = consumer.highwater(tp)
+            if end is not None and rs:
+                self.metrics.set_lag(tp.topic, tp.partition, end - (rs[-1].offset + 1))
+
+    def _assigned(self, assigned: set[TopicPartition]) -> None:
+        self.assignment = frozenset(assigned)
+        self.metrics.rebalances.inc()
+        self.metrics.set_assignment((tp.topic, tp.partition) for tp in assigned)
+        log.info("assigned %d partitions: %s", len(assigned), _tps(assigned))
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        # Wait for the batch in hand: it is committed before the partitions are given up.
+        async with self.worker._batch_lock:
+            self.worker.assignment = frozenset()
+        if revoked:
+            log.info("revoked %d partitions: %s", len(revoked), _tps(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.worker._assigned(assigned)
+
+
+async def _finish_within(task: asyncio.Task[None], stop: asyncio.Event, bound_s: float) -> None:
+    """Await the batch; once a stop is asked for, give it at most ``bound_s`` more seconds."""
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if not task.done():
+        done, _ = await asyncio.wait({task}, timeout=bound_s)
+        if not done:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise DrainTimeout(
+                f"the batch in hand did not finish within {bound_s:g}s; "
+                "its offsets stay uncommitted and will be redelivered"
+            )
+    task.result()
+
+
+def _tps(tps: set[TopicPartition]) -> str:
+    return ",".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps))

@@ -1,0 +1,91 @@
+"""The worker as a long-running service: event loop, signals, HTTP endpoints, exit status.
+
+Signal handlers only set state (as uvicorn does): the first SIGTERM or SIGINT asks for a
+graceful stop (stop fetching, finish and commit the batch in hand, close), a second one forces
+the exit. Containers send SIGTERM, and ``asyncio.run`` alone handles only SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry
+
+from worker.connections import FatalError
+from worker.health import HealthServer
+from worker.metrics import Metrics
+from worker.pipeline import DrainTimeout, Worker
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_FORCED = 130
+
+
+def run_loop(main: Callable[[], Awaitable[int]]) -> int:
+    """Run ``main`` on uvloop when it is installed (faster I/O), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(main())  # type: ignore[arg-type]
+    return uvloop.run(main())  # type: ignore[arg-type]
+
+
+def install_stop_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+
+    def handle(signum: int) -> None:
+        if stop.is_set():
+            log.error("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(EXIT_FORCED)
+        log.info("%s: draining and stopping", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, handle, sig)
+
+
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    registry: CollectorRegistry | None = None,
+    on_ready: Callable[[Worker, HealthServer | None], None] | None = None,
+) -> int:
+    """Run the worker and its HTTP endpoints until ``stop``; return the exit status."""
+    registry = registry if registry is not None else CollectorRegistry()
+    worker = Worker(settings, Metrics(settings, registry))
+    http: HealthServer | None = None
+    if settings.http.enabled:
+        http = HealthServer(registry, lambda: worker.ready, settings.http.host, settings.http.port)
+        try:
+            await http.start()
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", settings.http.host, settings.http.port, exc)
+            return EXIT_FAILURE
+    if on_ready is not None:
+        on_ready(worker, http)
+    try:
+        await worker.run(stop)
+    except (FatalError, DrainTimeout) as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    finally:
+        if http is not None:
+            await http.stop()
+    log.info("stopped cleanly after %d records", worker.processed)
+    return EXIT_OK
+
+
+def run(settings: Settings) -> int:
+    async def main() -> int:
+        stop = asyncio.Event()
+        install_stop_handlers(stop)
+        return await serve(settings, stop)
+
+    return run_loop(main)
