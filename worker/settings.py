@@ -164,6 +164,18 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
 
     @model_validator(mode="after")
+    def _transactions_end_before_the_poll_interval(self) -> Settings:
+        # A transaction still open when the group gives up on this member would hold its
+        # partitions' outputs hostage until the broker's transaction timeout.
+        if self.processing.transaction_timeout_ms >= self.kafka.max_poll_interval_ms:
+            raise ValueError(
+                "processing.transaction_timeout_ms "
+                f"({self.processing.transaction_timeout_ms}) must be below "
+                f"kafka.max_poll_interval_ms ({self.kafka.max_poll_interval_ms})"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _inputs_are_not_outputs(self) -> Settings:
         outputs = {self.outputs.routed, self.outputs.escalated, self.outputs.dead_letter}
         loops = sorted(outputs & set(self.topics))

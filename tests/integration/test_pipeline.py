@@ -122,8 +122,14 @@ def check_order(outputs: Any) -> None:
             last[k] = src["offset"]
 
 
-async def test_10000_mixed_events_each_end_in_exactly_one_output(bootstrap: str, uid: str) -> None:
-    settings = make_settings(bootstrap, uid)
+GUARANTEES = pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+
+
+@GUARANTEES
+async def test_10000_mixed_events_each_end_in_exactly_one_output(
+    bootstrap: str, uid: str, guarantee: str
+) -> None:
+    settings = make_settings(bootstrap, uid, processing={"guarantee": guarantee})
     await create_all(settings)
     sent = await publish_mixed(settings, 5_000)
     assert sent == 10_000
@@ -139,8 +145,13 @@ async def test_10000_mixed_events_each_end_in_exactly_one_output(bootstrap: str,
     assert {"not_json", "non_finite_number", "wrong_type", "not_utf8"} <= reasons
 
 
-async def test_one_worker_stops_half_way_another_finishes(bootstrap: str, uid: str) -> None:
-    settings = make_settings(bootstrap, uid, processing={"max_batch_records": 50})
+@GUARANTEES
+async def test_one_worker_stops_half_way_another_finishes(
+    bootstrap: str, uid: str, guarantee: str
+) -> None:
+    settings = make_settings(
+        bootstrap, uid, processing={"max_batch_records": 50, "guarantee": guarantee}
+    )
     await create_all(settings)
     await publish_mixed(settings, 3_000)
     async with running_worker(settings):
@@ -159,7 +170,7 @@ async def test_one_worker_stops_half_way_another_finishes(bootstrap: str, uid: s
         await wait_until_committed(settings)
     inputs = await read_inputs(settings)
     outputs = await read_outputs(settings)
-    check_outputs(settings, inputs, outputs, exactly_once=False)
+    check_outputs(settings, inputs, outputs, exactly_once=guarantee == "exactly_once")
     check_order(outputs)
 
 

@@ -1,0 +1,146 @@
+"""Exactly-once publishing: the outputs of a batch and its input offsets in one transaction.
+
+aiokafka's ``send_offsets_to_transaction`` carries only the group id, not the member's
+generation (no KIP-447), so a worker paused past its session timeout could commit offsets for
+partitions the group has already given to someone else. The pre-KIP-447 remedy is used: one
+transactional producer per input partition, its ``transactional_id`` derived from group,
+topic and partition. Whoever owns a partition calls ``init_transactions`` for that id first,
+which aborts the previous owner's open transaction and fences its producer: a zombie's late
+writes and offsets are refused by the broker.
+
+After the producers of newly assigned partitions are initialised (the zombie is fenced), the
+committed offsets are read again and the consumer is positioned there, so a transaction the
+zombie committed just before it was fenced is not processed twice.
+
+Readers of the output topics must use ``isolation_level=read_committed``: aborted writes stay
+in the log, marked as aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError, ProducerFenced, TransactionalIdAuthorizationFailed
+from aiokafka.structs import OffsetAndMetadata
+
+from worker.connections import FatalError, make_producer, start_within
+from worker.records import Outbound
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def transactional_id(group_id: str, tp: TopicPartition) -> str:
+    return f"{group_id}.{tp.topic}.{tp.partition}"
+
+
+class Outcome:
+    COMMITTED = "committed"
+    ABORTED = "aborted"  # transient failure: the batch is fetched again from its first offset
+    FENCED = "fenced"  # another worker owns the partition now
+
+
+class PartitionProducers:
+    """One transactional producer per assigned input partition."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.group_id = settings.kafka.group_id
+        self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
+
+    async def assign(
+        self, consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """Start (and so fence any previous owner of) a producer per partition, then seek each
+        partition to its committed offset as it stands after the fencing; return those."""
+        new = [tp for tp in tps if tp not in self._producers]
+        await asyncio.gather(*(self._start(tp) for tp in new))
+        starts: dict[TopicPartition, int] = {}
+        for tp in new:
+            committed = await consumer.committed(tp)
+            if committed is not None:
+                consumer.seek(tp, committed)
+            elif self.settings.kafka.auto_offset_reset == "earliest":
+                await consumer.seek_to_beginning(tp)
+            else:
+                await consumer.seek_to_end(tp)
+            starts[tp] = await consumer.position(tp)
+        return starts
+
+    async def _start(self, tp: TopicPartition) -> None:
+        kafka = self.settings.kafka
+        producer = make_producer(
+            kafka,
+            transactional_id=transactional_id(self.group_id, tp),
+            transaction_timeout_ms=self.settings.processing.transaction_timeout_ms,
+        )
+        await start_within(producer.start, kafka, f"transactional producer for {tp}")
+        self._producers[tp] = producer
+
+    async def revoke(self, tps: Iterable[TopicPartition]) -> None:
+        await asyncio.gather(*(self._stop(tp) for tp in tps))
+
+    async def close(self) -> None:
+        await self.revoke(list(self._producers))
+
+    async def _stop(self, tp: TopicPartition) -> None:
+        producer = self._producers.pop(tp, None)
+        if producer is not None:
+            try:
+                await producer.stop()
+            except KafkaError as exc:  # a fenced producer may complain on the way out
+                log.debug("stopping producer for %s: %s", tp, exc)
+
+    async def commit_batch(
+        self, tp: TopicPartition, outputs: Sequence[Outbound], next_offset: int
+    ) -> str:
+        """Publish ``outputs`` and commit ``next_offset`` for ``tp`` atomically."""
+        producer = self._producers.get(tp)
+        if producer is None:
+            return Outcome.FENCED
+        timeout = self.settings.processing.transaction_timeout_ms / 1000
+        try:
+            await asyncio.wait_for(self._transaction(producer, tp, outputs, next_offset), timeout)
+        except (ProducerFenced, TransactionalIdAuthorizationFailed) as exc:
+            log.warning("%s[%d] fenced, another worker owns it: %s", tp.topic, tp.partition, exc)
+            await self._stop(tp)
+            return Outcome.FENCED
+        except (KafkaError, TimeoutError) as exc:
+            log.warning(
+                "transaction for %s[%d] aborted, will retry: %s: %s",
+                tp.topic,
+                tp.partition,
+                type(exc).__name__,
+                exc,
+            )
+            await self._recover(tp)
+            return Outcome.ABORTED
+        return Outcome.COMMITTED
+
+    async def _transaction(
+        self,
+        producer: AIOKafkaProducer,
+        tp: TopicPartition,
+        outputs: Sequence[Outbound],
+        next_offset: int,
+    ) -> None:
+        async with producer.transaction():
+            futures = [
+                await producer.send(o.topic, o.value, key=o.key, headers=o.headers) for o in outputs
+            ]
+            await asyncio.gather(*futures)
+            offsets = {tp: OffsetAndMetadata(next_offset, "")}
+            await producer.send_offsets_to_transaction(offsets, self.group_id)
+
+    async def _recover(self, tp: TopicPartition) -> None:
+        """After a failed transaction the producer may be in an error state: replace it."""
+        await self._stop(tp)
+        try:
+            await self._start(tp)
+        except FatalError:
+            raise
+        except KafkaError as exc:
+            raise FatalError(f"cannot restart the producer for {tp}: {exc}") from None
