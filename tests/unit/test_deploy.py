@@ -459,8 +459,8 @@ def test_only_loopback_on_the_host() -> None:
 # --- docker compose itself, where it is installed ------------------------------------------
 
 
-def test_docker_compose_accepts_the_file() -> None:
-    cli = compose_cli()
+def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
+    cli = compose_cli(tmp_path)
     if cli is None:
         pytest.skip("no Docker Compose v2 here (`docker compose` plugin or docker-compose v2)")
     # `config` only parses, interpolates and validates against the compose schema: no engine.
