@@ -59,7 +59,8 @@ Why each choice:
   that forked it ends, so forks are done from the main thread or from one
   long-lived helper thread, never from a short-lived worker thread (e.g. an
   ``asyncio.to_thread`` call) that would take the broker down with it.
-  Linux only; elsewhere it is skipped.
+  Linux only; elsewhere it is skipped. The work dir of a SIGKILLed parent is
+  left behind; each later local start removes those whose owner is dead.
 * The broker writes its log (log4j2 to stdout, and any JVM error) to
   ``<tmp>/broker.log``; start-up failures carry its last lines, and
   ``Broker.log_tail()`` keeps them after ``stop()`` removed the file.
@@ -129,6 +130,8 @@ _LOOPBACK: Final = "127.0.0.1"
 _HEAP: Final = ("-Xms128m", "-Xmx512m")
 _STOP_GRACE_S: Final = 30.0
 _MVN_TIMEOUT_S: Final = 900.0
+_WORKDIR_PREFIX: Final = "logit-router-kafka-"  # in tempfile.gettempdir()
+_OWNER_FILE: Final = "owner.pid"  # the Python process that owns a work dir
 _DOCKER_LOG_DIR: Final = "/var/lib/kafka/data"  # the image's data volume
 
 Source = Literal["env", "docker", "local"]
@@ -791,7 +794,7 @@ class _LocalBroker(Broker):
         extra: Mapping[str, str],
     ) -> None:
         ports, resolved = _allocate_ports(extra)
-        workdir = Path(tempfile.mkdtemp(prefix="logit-router-kafka-"))
+        workdir = Path(tempfile.mkdtemp(prefix=_WORKDIR_PREFIX))
         props = _server_properties(
             ports=ports,
             bind_host=_LOOPBACK,
@@ -818,6 +821,7 @@ class _LocalBroker(Broker):
         self._stopped = False
         self._saved_tail = ""
         _register(self)  # from here on, atexit/SIGTERM remove the workdir
+        (workdir / _OWNER_FILE).write_text(f"{os.getpid()}\n")
         (workdir / "server.properties").write_text(_properties_text(props), encoding="latin-1")
         (workdir / "log4j2.properties").write_text(_LOG4J2)
 
@@ -982,7 +986,25 @@ class _LocalBroker(Broker):
         return _tail_text(self._saved_tail, lines)
 
 
+def _sweep_orphans() -> None:
+    """Remove work dirs left by Python processes that were SIGKILLed (their
+    JVM died with them through pdeathsig, but nothing removed the files)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_WORKDIR_PREFIX}*"):
+        try:
+            owner = int((path / _OWNER_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue  # not ours, or just being created
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            log.info("removing %s left by dead process %d", path, owner)
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue  # alive, owned by another user
+
+
 def _start_local(auto_create: bool, extra: Mapping[str, str], timeout: float) -> Broker:
+    _sweep_orphans()
     java_home = _find_java_home()
     if java_home is None:
         raise BrokerUnavailable(f"{_INSTALL_HINT} (no Java 17+ found)")

@@ -2,7 +2,7 @@
 
 Most tests force the local-process source (``LOGIT_ROUTER_BROKER=local``) since
 kill/restart, pids and temp dirs exist only there; ``test_round_trip`` takes
-whatever source ``throwaway_broker()`` picks (env, Docker or local).
+whatever source the session fixture ``kafka_broker`` (tests/conftest.py) got.
 """
 
 from __future__ import annotations
@@ -198,24 +198,20 @@ def force_local(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOGIT_ROUTER_BROKER", "local")
 
 
-@pytest.fixture(scope="module")
-def shared_broker() -> Iterator[Broker]:
-    with throwaway_broker() as broker:
-        yield broker
-
-
 # --------------------------------------------------------------------------
 # tests
 # --------------------------------------------------------------------------
 
 
-async def test_round_trip(shared_broker: Broker) -> None:
-    assert shared_broker.source in ("env", "docker", "local")
-    if shared_broker.source != "env":
-        assert shared_broker.bootstrap_servers.startswith("127.0.0.1:")
-    topic = _topic()  # created on first use: auto.create.topics.enable is on by default
-    await _produce(shared_broker.bootstrap_servers, topic, b"hello", b"world")
-    assert await _consume(shared_broker.bootstrap_servers, topic, 2) == [b"hello", b"world"]
+async def test_round_trip(kafka_broker: Broker) -> None:
+    """On the session broker (tests/conftest.py), whatever its source."""
+    assert kafka_broker.source in ("env", "docker", "local")
+    if kafka_broker.source != "env":
+        assert kafka_broker.bootstrap_servers.startswith("127.0.0.1:")
+    bootstrap, topic = kafka_broker.bootstrap_servers, _topic()
+    await _create_topic(bootstrap, topic)
+    await _produce(bootstrap, topic, b"hello", b"world")
+    assert await _consume(bootstrap, topic, 2) == [b"hello", b"world"]
 
 
 async def test_kill_restart_keeps_data_and_stop_cleans_up(force_local: None) -> None:
@@ -278,9 +274,14 @@ def test_cli_sigterm_stops_java_and_cleans_up(tmp_path: Path) -> None:
     with _cli(tmp_path) as cli:
         info = cli.read_info()
         assert info["source"] == "local"
-        assert broker_mod._api_versions_ok(*_host_port(info["bootstrap_servers"]))
+        bootstrap = info["bootstrap_servers"]
+        assert broker_mod._api_versions_ok(*_host_port(bootstrap))
         java_pid, workdir = int(info["pid"]), Path(info["workdir"])
         assert _alive(java_pid) and workdir.is_dir()
+        # topics are created on first use by default
+        topic = _topic()
+        asyncio.run(_produce(bootstrap, topic, b"auto-created"))
+        assert asyncio.run(_consume(bootstrap, topic, 1)) == [b"auto-created"]
 
         cli.proc.send_signal(signal.SIGTERM)
         assert cli.proc.wait(timeout=60) == 0, cli.stderr()
@@ -298,10 +299,13 @@ def test_java_dies_with_its_parent(tmp_path: Path) -> None:
             cli.proc.kill()
             cli.proc.wait(timeout=10)
             assert _wait_gone(java_pid, timeout=10), "JVM outlived its SIGKILLed parent"
+            assert workdir.is_dir()  # nothing could clean up...
+            broker_mod._sweep_orphans()  # ...until the next local start
+            assert not workdir.exists()
         finally:
             if _alive(java_pid):
                 os.kill(java_pid, signal.SIGKILL)
-            shutil.rmtree(workdir, ignore_errors=True)  # nothing could clean up
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.mark.parametrize(
