@@ -55,6 +55,8 @@ class HealthServer:
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             )
+            if request.startswith(b"HEAD "):
+                body = b""  # the same head as GET, without the body (RFC 9110, 9.3.2)
             writer.write(head.encode() + body)
             await writer.drain()
         except (TimeoutError, ConnectionError, ValueError, asyncio.LimitOverrunError):
@@ -67,7 +69,7 @@ class HealthServer:
     def _respond(self, request: bytes) -> tuple[str, str, bytes]:
         parts = request.decode("latin-1").split()
         if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
-            return "405 Method Not Allowed", "text/plain", b"GET only\n"
+            return "405 Method Not Allowed", "text/plain", b"GET or HEAD only\n"
         path = parts[1].split("?", 1)[0]
         if path == "/metrics":
             return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)

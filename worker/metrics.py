@@ -1,39 +1,39 @@
 """Prometheus metrics, prefix ``logit_router_``, base units, ``_total`` on counters.
 
-Labels come only from small fixed sets: topics named in the config, decisions and reason codes.
-Every labelled child is created up front, so a dashboard reads 0, not "no data", from the start.
-The object takes its registry: tests pass a fresh ``CollectorRegistry``.
+Labels come only from small fixed sets: topics named in the config, decisions and reason codes
+(a reason outside the known codes is counted as ``other``, so a label set never grows at run
+time). Every labelled child is created up front, so a dashboard reads 0, not "no data", from the
+start. The object takes its registry: tests pass a fresh ``CollectorRegistry``.
+docs/observability.md lists every metric with its unit and labels.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from typing import get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 
 from worker import __version__
-from worker.records import Outbound
+from worker.events import Reason
+from worker.records import Kind, Outbound
+from worker.routing import EscalationReason
 from worker.settings import Settings
 
-DECISIONS = ("routed", "escalated", "dead_letter")
-ESCALATION_REASONS = ("low_margin", "low_top1")
-DEAD_LETTER_REASONS = (
-    "payload_too_large",
-    "not_utf8",
-    "not_json",
-    "non_finite_number",
-    "not_object",
-    "missing_field",
-    "wrong_type",
-    "too_few_classes",
-    "too_many_classes",
-    "labels_length_mismatch",
-    "topic_labels_mismatch",
-    "nan_logit",
-    "pos_inf_logit",
-    "no_finite_logit",
-)
+DECISIONS: tuple[str, ...] = get_args(Kind)
+ESCALATION_REASONS: tuple[str, ...] = get_args(EscalationReason)
+# Decoding refusals (worker.events) and scoring refusals (worker.routing), then the catch-all.
+SCORING_REASONS = ("topic_labels_mismatch", "nan_logit", "pos_inf_logit", "no_finite_logit")
+OTHER_REASON = "other"
+DEAD_LETTER_REASONS: tuple[str, ...] = (*get_args(Reason), *SCORING_REASONS, OTHER_REASON)
 
 # Dense below 0.3, where escalation thresholds live, coarser above: enough to draw the
 # distribution on [0, 1] as a heatmap and to read quantiles near a threshold.
@@ -51,6 +51,10 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 class Metrics:
     def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
+        # prometheus-client would add a ``*_created`` gauge beside every counter and histogram
+        # child: twice the series for a start time that Prometheus does not use. (Process-wide
+        # switch of the client library; it only affects metrics created after it.)
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in the client
         topics = sorted(settings.topics)
         p = "logit_router_"
         self.registry = registry
@@ -120,42 +124,65 @@ class Metrics:
             p + "rebalances_total", "Partition assignments received from the group.",
             registry=registry,
         )  # fmt: skip
+        # Exposed as ``logit_router_build_info`` (the client appends ``_info``), value 1.
         self.info = Info(
             p + "build", "Worker version and the hash of its routing config.", registry=registry
         )
         self.info.info({"version": __version__, "config_version": settings.config_version})
-        for topic in topics:
-            for decision in DECISIONS:
-                self.events.labels(topic, decision)
-            for reason in ESCALATION_REASONS:
-                self.escalations.labels(topic, reason)
-            for reason in DEAD_LETTER_REASONS:
-                self.dead_letters.labels(topic, reason)
-            self.margin.labels(topic)
-            self.top1.labels(topic)
-            self.entropy.labels(topic)
-            self.latency.labels(topic)
-        self._topics = frozenset(topics)
+        # The policy of each topic, so a dashboard can draw the threshold over the distribution.
+        self.policy_temperature = Gauge(
+            p + "policy_temperature", "Softmax temperature configured for the input topic.",
+            ["topic"], registry=registry,
+        )  # fmt: skip
+        self.policy_min_margin = Gauge(
+            p + "policy_min_margin", "Margin below which an event of the topic is escalated.",
+            ["topic"], registry=registry,
+        )  # fmt: skip
+        self.policy_min_top1 = Gauge(
+            p + "policy_min_top1",
+            "Top-1 probability below which an event is escalated (topics that set one).",
+            ["topic"], registry=registry,
+        )  # fmt: skip
+        for topic, tp in settings.topics.items():
+            self.policy_temperature.labels(topic).set(tp.temperature)
+            self.policy_min_margin.labels(topic).set(tp.min_margin)
+            if tp.min_top1 is not None:
+                self.policy_min_top1.labels(topic).set(tp.min_top1)
+        # Every child up front (so it reads 0), kept by key: the per-event path is a dict lookup.
+        self._events = {(t, d): self.events.labels(t, d) for t in topics for d in DECISIONS}
+        self._escalations = {
+            (t, r): self.escalations.labels(t, r) for t in topics for r in ESCALATION_REASONS
+        }
+        self._dead_letters = {
+            (t, r): self.dead_letters.labels(t, r) for t in topics for r in DEAD_LETTER_REASONS
+        }
+        self._scores = {
+            t: (self.margin.labels(t), self.top1.labels(t), self.entropy.labels(t)) for t in topics
+        }
+        self._latency = {t: self.latency.labels(t) for t in topics}
 
     def record_outputs(self, outputs: Sequence[Outbound], acked_at: float | None = None) -> None:
         """Count a batch whose outputs are acknowledged; observe scores and latency."""
         now = time.time() if acked_at is None else acked_at
         for o in outputs:
             topic = o.source_topic
-            self.events.labels(topic, o.kind).inc()
+            self._events[topic, o.kind].inc()
             if o.kind == "dead_letter":
-                self.dead_letters.labels(topic, o.reason or "unknown").inc()
+                dead = self._dead_letters.get((topic, o.reason or OTHER_REASON))
+                (dead or self._dead_letters[topic, OTHER_REASON]).inc()
             elif o.routing is not None:
                 s = o.routing.scores
-                self.margin.labels(topic).observe(s.margin)
-                self.top1.labels(topic).observe(s.top1)
-                self.entropy.labels(topic).observe(s.entropy)
+                margin, top1, entropy = self._scores[topic]
+                margin.observe(s.margin)
+                top1.observe(s.top1)
+                entropy.observe(s.entropy)
                 if o.reason is not None:
-                    self.escalations.labels(topic, o.reason).inc()
+                    self._escalations[topic, o.reason].inc()
             if o.source_timestamp > 0:
-                self.latency.labels(topic).observe(max(0.0, now - o.source_timestamp / 1000))
+                self._latency[topic].observe(max(0.0, now - o.source_timestamp / 1000))
 
     def set_assignment(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """A new assignment: lag series for exactly these partitions, each at 0 until measured."""
         parts = list(partitions)
         self.assigned.set(len(parts))
         self.lag.clear()
@@ -163,4 +190,5 @@ class Metrics:
             self.lag.labels(topic, str(partition))
 
     def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        """Records between the next offset to process and the partition's end (never < 0)."""
         self.lag.labels(topic, str(partition)).set(max(0, lag))
