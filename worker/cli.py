@@ -189,12 +189,169 @@ def port(text: str) -> int:
     return value
 
 
+# --- replay, whatif, plot (audits and tuning; the commands live in worker/cli_audit.py) ---
+
+
+def _bound(text: str) -> object:
+    from worker.ranges import RangeError, parse_bound
+
+    try:
+        return parse_bound(text)
+    except RangeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _probabilities(text: str) -> list[float]:
+    return [probability(part) for part in text.split(",")]
+
+
+def _png_path(text: str) -> Path:
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"no such directory: {path.parent}")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"is a directory: {text}")
+    return path
+
+
+def _range_arguments(p: _Parser, what: str) -> None:
+    p.add_argument("--config", type=existing_file, default=None, help=what)
+    p.add_argument(
+        "--from",
+        dest="start",
+        type=_bound,
+        default=None,
+        help="ISO time with a timezone (2026-11-26T12:00:00Z) or partition:offset[,...]",
+    )
+    p.add_argument(
+        "--to",
+        dest="end",
+        type=_bound,
+        default=None,
+        help="end of the range, excluded; same forms as --from",
+    )
+
+
+def _add_replay(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "replay", help="re-score a topic range and diff it against what was published"
+    )
+    p.add_argument("--topic", required=True, help="the input topic to replay")
+    _range_arguments(p, "TOML config to re-score with (default: from the environment)")
+    p.add_argument(
+        "--out", default=None, help="JSONL report: one line per event, then a summary; - for stdout"
+    )
+    p.add_argument(
+        "--to-topic",
+        default=None,
+        help="also publish the re-scored records to this (non-live) topic",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=probability,
+        default=0.0,
+        help="probability change up to which events count as identical (default 0)",
+    )
+    p.add_argument(
+        "--fail-on-diff", action="store_true", help="exit 1 if anything differs or is missing"
+    )
+    p.set_defaults(handler=_replay)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from worker.cli_audit import replay_command
+
+    return replay_command(args)
+
+
+def _add_whatif(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "whatif", help="escalation rate against temperature and thresholds on recorded events"
+    )
+    p.add_argument(
+        "--topic", action="append", default=[], help="repeatable; default: every configured topic"
+    )
+    _range_arguments(p, "TOML config: brokers, topic labels, current policies")
+    p.add_argument(
+        "--input", type=existing_file, default=None, help="JSONL events instead of Kafka"
+    )
+    p.add_argument(
+        "--temperatures", type=positive_floats, default=None, help="default 0.5,0.7,1.0,1.3,1.6,2.0"
+    )
+    p.add_argument(
+        "--min-margins", type=_probabilities, default=None, help="default 0.05,0.1,0.15,0.2,0.3"
+    )
+    p.add_argument("--min-top1", type=_probabilities, default=None, help="optional, e.g. 0.6")
+    p.add_argument(
+        "--target-escalation-rate",
+        type=probability,
+        default=None,
+        help="suggest a temperature and min_margin reaching this rate, e.g. 0.2",
+    )
+    p.add_argument("--png", type=_png_path, default=None, help="chart of rate against temperature")
+    p.add_argument("--json", action="store_true", help="JSON on stdout instead of tables")
+    p.set_defaults(handler=_whatif)
+
+
+def _whatif(args: argparse.Namespace) -> int:
+    from worker.cli_audit import whatif_command
+
+    return whatif_command(args)
+
+
+def _add_plot(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "plot", help="the lab's chart (probability vs temperature) or a margin histogram"
+    )
+    p.add_argument("chart", nargs="?", choices=["temperature", "margins"], default="temperature")
+    p.add_argument("-o", "--output", type=_png_path, required=True, help="PNG file to write")
+    p.add_argument(
+        "--logits", type=float_list, default=None, help="temperature chart: e.g. 3.2,2.8,0.5"
+    )
+    p.add_argument(
+        "--temperatures", type=positive_floats, default=None, help="default 0.5,0.7,1.0,1.3,1.6,2.0"
+    )
+    p.add_argument(
+        "--labels", type=labels, default=None, help="legend names (default class_1, class_2, ...)"
+    )
+    p.add_argument(
+        "--topic",
+        action="append",
+        default=[],
+        help="margins: repeatable; default every configured topic",
+    )
+    _range_arguments(p, "margins: TOML config (brokers, policies)")
+    p.add_argument(
+        "--input", type=existing_file, default=None, help="margins: JSONL events instead of Kafka"
+    )
+    p.add_argument(
+        "--temperature",
+        type=temperature,
+        default=None,
+        help="margins: instead of the configured one",
+    )
+    p.add_argument(
+        "--bins", type=positive_int, default=None, help="margins: histogram bins (default 50)"
+    )
+    p.set_defaults(handler=_plot)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from worker.cli_audit import plot_command
+
+    return plot_command(args)
+
+
+# --- end of replay, whatif, plot ----------------------------------------------------------
+
+
 # --- main --------------------------------------------------------------------------------
 
 Registrar = Callable[["argparse._SubParsersAction[_Parser]"], None]
 
 
 REGISTRARS: list[Registrar] = [_add_score, _add_run, _add_demo]
+REGISTRARS += [_add_replay, _add_whatif, _add_plot]
 
 
 def build_parser() -> _Parser:
