@@ -16,8 +16,10 @@ whose probabilities are within the same error bound as the scalar ones.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
+from itertools import chain
 from typing import NamedTuple
 
 import numpy as np
@@ -62,14 +64,21 @@ def _route_one(item: Item) -> Routing | ScoringError:
     try:
         return route(item.logits, item.policy, item.labels)
     except ScoringError as exc:
-        return exc
+        # Without its traceback: the error is kept as a value in the batch's result list, and
+        # a traceback would hold this call's frames (and that list) in a reference cycle.
+        return exc.with_traceback(None)
 
 
 def _route_vectorised(
     items: Sequence[Item], rows: list[int], out: list[Routing | ScoringError | None]
 ) -> None:
-    x = np.array([items[i].logits for i in rows], dtype=np.float64)
-    temps = np.array([items[i].policy.temperature for i in rows], dtype=np.float64)
+    n = len(rows)
+    width = len(items[rows[0]].logits)
+    # One flat pass over the logits is cheaper than letting numpy discover a nested shape.
+    flat = chain.from_iterable(items[i].logits for i in rows)
+    x = np.fromiter(flat, dtype=np.float64, count=n * width).reshape(n, width)
+    policies = [items[i].policy for i in rows]
+    temps = np.fromiter((p.temperature for p in policies), dtype=np.float64, count=n)
     top = x.max(axis=1)
     # Rows the scalar path must judge: NaN, +inf, or no finite logit at all.
     odd = np.isnan(x).any(axis=1) | (top == np.inf) | (top == -np.inf)
@@ -81,35 +90,46 @@ def _route_vectorised(
         spread = np.where(e > 0.0, e * -z, 0.0).sum(axis=1)
     entropy = np.log(total) + spread / total
     best = p.argmax(axis=1)  # first maximum: the lowest index on a tie
-    top1 = p[np.arange(len(rows)), best]
-    top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2]
+    top1 = p[np.arange(n), best]
+    top2 = np.partition(p, width - 2, axis=1)[:, -2]
     margin = top1 - top2
+    # The guard band, for every row at once (IEEE arithmetic: the same verdicts as per row).
+    min_margin = np.fromiter((p.min_margin for p in policies), dtype=np.float64, count=n)
+    min_top1 = np.fromiter(
+        (math.nan if p.min_top1 is None else p.min_top1 for p in policies),
+        dtype=np.float64,
+        count=n,
+    )
+    with np.errstate(invalid="ignore"):
+        near = (
+            odd
+            | (margin < GUARD)
+            | (np.abs(margin - min_margin) < GUARD)
+            | (np.abs(top1 - min_top1) < GUARD)  # NaN (no min_top1) compares False
+        )
 
+    # Plain Python values, converted once per array rather than once per element.
     probs_rows = p.tolist()
+    near_l, best_l = near.tolist(), best.tolist()
+    top1_l, top2_l, margin_l, entropy_l = (
+        top1.tolist(),
+        top2.tolist(),
+        margin.tolist(),
+        entropy.tolist(),
+    )
     for k, i in enumerate(rows):
         item = items[i]
-        m = float(margin[k])
-        t1 = float(top1[k])
-        policy = item.policy
-        if (
-            odd[k]
-            or m < GUARD
-            or abs(m - policy.min_margin) < GUARD
-            or (policy.min_top1 is not None and abs(t1 - policy.min_top1) < GUARD)
-        ):
+        if near_l[k]:
             out[i] = _route_one(item)
             continue
-        try:
-            check_labels(len(item.logits), item.labels, policy)
-        except ScoringError as exc:
-            out[i] = exc
-            continue
+        policy, labels = item.policy, item.labels
+        if labels is not None or policy.labels is not None:
+            try:
+                check_labels(width, labels, policy)
+            except ScoringError as exc:
+                out[i] = exc.with_traceback(None)
+                continue
         scores = Scores(
-            probabilities=tuple(probs_rows[k]),
-            top1=t1,
-            top2=float(top2[k]),
-            margin=m,
-            entropy=float(entropy[k]),
-            class_index=int(best[k]),
+            tuple(probs_rows[k]), top1_l[k], top2_l[k], margin_l[k], entropy_l[k], best_l[k]
         )
-        out[i] = decide(scores, policy, item.labels)
+        out[i] = decide(scores, policy, labels)

@@ -184,7 +184,10 @@ def _classify_invalid(exc: ValidationError) -> EventError:
     ctx = err.get("ctx") or {}
     inner = ctx.get("error")
     if isinstance(inner, EventError):
-        return inner
+        # A fresh error, not ``inner`` itself: ``exc`` holds ``inner``, and re-raising ``inner``
+        # here would make ``exc`` its ``__context__``, a cycle whose tracebacks keep the caller's
+        # frames (a whole batch of records and outputs) alive until a full GC pass.
+        return EventError(inner.code, str(inner))
     if err["type"] == "missing" or (where in ("id", "logits") and err.get("input") is None):
         return EventError("missing_field", f"{where} is required")
     return EventError("wrong_type", f"{where}: {err['msg']}")
@@ -194,3 +197,71 @@ def _json_type(doc: object) -> str:
     return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
         type(doc), "a number"
     )
+
+
+# A document with at most this many brackets cannot nest deeper than this many levels, so no
+# depth limit of at least this much could refuse it: such documents may take the fast path.
+FAST_MAX_BRACKETS = 64
+
+Routable = tuple[dict[str, Any], list[float], tuple[str, ...] | None]
+
+
+def decode_routable(raw: bytes | None, *, max_bytes: int, max_classes: int) -> Routable:
+    """What routing needs from one record: the JSON object as sent, the logits as floats
+    (``null`` read as ``-inf``) and the event's labels; or ``EventError`` with its reason code.
+
+    It accepts, returns and refuses exactly what ``decode_document`` does. A plain check
+    accepts the common well-formed event without building an ``InputEvent`` (validating the
+    model costs more than parsing the JSON); whatever that check is not sure of, including
+    every event to refuse, goes through ``decode_document``, which decides and names the reason.
+    """
+    fast = _plainly_valid(raw, max_bytes, max_classes)
+    if fast is not None:
+        return fast
+    doc, event = decode_document(raw, max_bytes=max_bytes, max_classes=max_classes)
+    return doc, event.logit_values(), event.labels
+
+
+def _plainly_valid(raw: bytes | None, max_bytes: int, max_classes: int) -> Routable | None:
+    """The event when it is valid beyond doubt, in the types ``InputEvent`` accepts without
+    conversion (floats, not integers, among the logits); ``None`` to let the model decide."""
+    if raw is None or len(raw) > max_bytes:
+        return None
+    if raw.count(b"[") + raw.count(b"{") > FAST_MAX_BRACKETS:
+        return None
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(doc) is not dict:
+        return None
+    ident = doc.get("id")
+    if type(ident) is not str or not 1 <= len(ident) <= 1024:
+        return None
+    logits = doc.get("logits")
+    if type(logits) is not list or not 2 <= len(logits) <= max_classes:
+        return None
+    values: list[float] = []
+    for x in logits:
+        if type(x) is float:
+            values.append(x)
+        elif x is None:
+            values.append(-math.inf)
+        else:
+            return None
+    labels = doc.get("labels")
+    if labels is not None:
+        if type(labels) is not list or len(labels) != len(logits):
+            return None
+        for label in labels:
+            if type(label) is not str:
+                return None
+        labels = tuple(labels)
+    for name in ("model", "ts"):
+        value = doc.get(name)
+        if value is not None and type(value) is not str:
+            return None
+    metadata = doc.get("metadata")
+    if metadata is not None and type(metadata) is not dict:
+        return None
+    return doc, values, labels

@@ -7,14 +7,13 @@ so the bytes an auditor re-computes are the bytes the worker published.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol
 
 import orjson
 
 from worker import __version__
 from worker.batch import Item, route_batch
-from worker.events import EventError, InputEvent, decode_document
+from worker.events import EventError, decode_routable
 from worker.routing import Policy, Routing, ScoringError
 from worker.settings import Settings
 
@@ -60,13 +59,6 @@ class Outbound(NamedTuple):
     routing: Routing | None
 
 
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    record: ConsumedRecord
-    doc: dict[str, Any]
-    event: InputEvent
-
-
 class Router:
     """Turns a batch of consumed records into exactly one outbound record each, in order."""
 
@@ -76,69 +68,74 @@ class Router:
         self.max_bytes = settings.limits.max_event_bytes
         self.max_classes = settings.limits.max_classes
         self.config_version = settings.config_version
+        # The same for every output of a topic: built once, encoded with each output.
+        self._policy_docs = {
+            topic: {"min_margin": p.min_margin, "min_top1": p.min_top1}
+            for topic, p in self.policies.items()
+        }
 
     def process(self, records: Sequence[ConsumedRecord]) -> list[Outbound]:
         out: list[Outbound | None] = [None] * len(records)
-        pending: list[tuple[int, _Pending]] = []
+        pending: list[tuple[int, ConsumedRecord, dict[str, Any]]] = []
+        items: list[Item] = []
+        policies = self.policies
         for i, rec in enumerate(records):
             try:
-                doc, event = decode_document(
+                doc, logits, labels = decode_routable(
                     rec.value, max_bytes=self.max_bytes, max_classes=self.max_classes
                 )
             except EventError as exc:
                 out[i] = self.dead_letter(rec, exc.code, exc)
                 continue
-            pending.append((i, _Pending(rec, doc, event)))
-        items = [
-            Item(p.event.logit_values(), self.policies[p.record.topic], p.event.labels)
-            for _, p in pending
-        ]
-        for (i, p), result in zip(pending, route_batch(items), strict=True):
+            pending.append((i, rec, doc))
+            items.append(Item(logits, policies[rec.topic], labels))
+        for (i, rec, doc), result in zip(pending, route_batch(items), strict=True):
             if isinstance(result, ScoringError):
-                out[i] = self.dead_letter(p.record, result.code, result)
+                out[i] = self.dead_letter(rec, result.code, result)
             else:
-                out[i] = self._decided(p, result)
+                out[i] = self._decided(rec, doc, result)
         return out  # type: ignore[return-value]  # every slot is filled above
 
-    def _decided(self, p: _Pending, routing: Routing) -> Outbound:
-        rec = p.record
-        policy = self.policies[rec.topic]
+    def _decided(self, rec: ConsumedRecord, doc: dict[str, Any], routing: Routing) -> Outbound:
+        """The input document (ours alone: decoded for this batch) plus decision and provenance.
+
+        Keys are set in a fixed order; a key the input already had keeps its place and takes
+        the new value, as ``dict.update`` would.
+        """
+        topic = rec.topic
         s = routing.scores
-        doc = dict(p.doc)
-        doc.update(
-            decision=routing.decision,
-            label=routing.label,
-            class_index=s.class_index,
-            probabilities=s.probabilities,
-            top1=s.top1,
-            top2=s.top2,
-            margin=s.margin,
-            entropy=s.entropy,
-            temperature=policy.temperature,
-            policy={"min_margin": policy.min_margin, "min_top1": policy.min_top1},
-            reason=routing.reason,
-            source={
-                "topic": rec.topic,
-                "partition": rec.partition,
-                "offset": rec.offset,
-                "timestamp": rec.timestamp,
-            },
-            config_version=self.config_version,
-            worker_version=__version__,
-        )
-        topic = self.outputs.routed if routing.decision == "routed" else self.outputs.escalated
+        doc["decision"] = routing.decision
+        doc["label"] = routing.label
+        doc["class_index"] = s.class_index
+        doc["probabilities"] = s.probabilities
+        doc["top1"] = s.top1
+        doc["top2"] = s.top2
+        doc["margin"] = s.margin
+        doc["entropy"] = s.entropy
+        doc["temperature"] = self.policies[topic].temperature
+        doc["policy"] = self._policy_docs[topic]
+        doc["reason"] = routing.reason
+        doc["source"] = {
+            "topic": topic,
+            "partition": rec.partition,
+            "offset": rec.offset,
+            "timestamp": rec.timestamp,
+        }
+        doc["config_version"] = self.config_version
+        doc["worker_version"] = __version__
+        routed = routing.decision == "routed"
         return Outbound(
-            topic=topic,
-            key=rec.key,
-            value=orjson.dumps(doc),
-            headers=list(rec.headers),
-            kind=routing.decision,
-            reason=routing.reason,
-            source_topic=rec.topic,
-            source_partition=rec.partition,
-            source_offset=rec.offset,
-            source_timestamp=rec.timestamp,
-            routing=routing,
+            self.outputs.routed if routed else self.outputs.escalated,
+            rec.key,
+            orjson.dumps(doc),
+            list(rec.headers),
+            routing.decision,
+            routing.reason,
+            topic,
+            rec.partition,
+            rec.offset,
+            rec.timestamp,
+            routing,
         )
 
     def dead_letter(self, rec: ConsumedRecord, reason: str, error: Exception) -> Outbound:
