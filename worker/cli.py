@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import NoReturn
 import orjson
 
 from worker import __version__
+from worker.errors import ConfigError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -134,6 +136,11 @@ def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # A stop asked for while the program is still importing and loading its config is kept
+    # and honoured as soon as the event loop runs, rather than killing the process outright.
+    early: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
     from worker import logs
     from worker.settings import load_settings
 
@@ -141,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
     logs.configure(settings.log.level, settings.log.format)
     from worker.service import run
 
-    return run(settings)
+    return run(settings, stop_requested=lambda: bool(early))
 
 
 def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -367,8 +374,6 @@ def build_parser() -> _Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from worker.settings import ConfigError
-
     try:
         args = build_parser().parse_args(argv)
         handler: Callable[[argparse.Namespace], int] = args.handler

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -87,28 +88,63 @@ def make_admin(kafka: KafkaSettings) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**connection_options(kafka))
 
 
+async def acknowledged(futures: Sequence[asyncio.Future[Any]]) -> None:
+    """Wait for every send to be acknowledged; then raise the first failure, if any.
+
+    Unlike a plain ``gather``, no future is left with an exception nobody retrieved.
+    """
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+class StopRequested(Exception):
+    """A stop was asked for while the clients were still connecting."""
+
+
+class _Client(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
 async def start_within(
-    start: Callable[[], Awaitable[None]], kafka: KafkaSettings, what: str
+    client: _Client, kafka: KafkaSettings, what: str, stop: asyncio.Event | None = None
 ) -> None:
     """Start a client, retrying while the brokers cannot be reached, up to the connect timeout.
 
     Authentication and authorisation errors are not retried: a wrong password stays wrong.
+    A client that fails to start is closed again, and a stop ends the retries at once.
     """
     deadline = time.monotonic() + kafka.connect_timeout_s
     delay = 0.2
     while True:
         try:
-            await start()
+            await client.start()
         except KafkaConnectionError as exc:
+            if stop is not None and stop.is_set():
+                await _close(client)
+                raise StopRequested from None
             if time.monotonic() + delay > deadline:
+                await _close(client)
                 raise FatalError(
                     f"cannot reach Kafka at {kafka.bootstrap_servers} within "
                     f"{kafka.connect_timeout_s:g}s ({what}): {exc}"
                 ) from None
             log.warning("%s: Kafka not reachable yet (%s); retrying", what, exc)
-            await asyncio.sleep(delay)
+            if stop is None:
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
             delay = min(delay * 2, 2.0)
         except KafkaError as exc:
+            await _close(client)
             raise FatalError(f"{what} failed to start: {type(exc).__name__}: {exc}") from None
         else:
             return
+
+
+async def _close(client: _Client) -> None:
+    with contextlib.suppress(Exception):  # closing a client that never started is best effort
+        await client.stop()

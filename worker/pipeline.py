@@ -31,7 +31,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from worker.connections import FatalError, make_consumer, make_producer, start_within
+from worker.connections import (
+    FatalError,
+    StopRequested,
+    acknowledged,
+    make_consumer,
+    make_producer,
+    start_within,
+)
 from worker.metrics import Metrics
 from worker.records import ConsumedRecord, Outbound, Router
 from worker.settings import Settings
@@ -73,17 +80,23 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process until ``stop`` is set; raise ``FatalError`` or ``DrainTimeout`` on failure."""
+        try:
+            await self._run(stop)
+        except StopRequested:
+            log.info("stopped while connecting")
+
+    async def _run(self, stop: asyncio.Event) -> None:
         kafka = self.settings.kafka
         async with AsyncExitStack() as stack:
             producer = None
             if self.txn is None:
                 producer = make_producer(kafka)
-                await start_within(producer.start, kafka, "producer")
+                await start_within(producer, kafka, "producer", stop)
                 stack.push_async_callback(producer.stop)
             else:
                 stack.push_async_callback(self.txn.close)
             consumer = make_consumer(kafka, group_id=kafka.group_id)
-            await start_within(consumer.start, kafka, "consumer")
+            await start_within(consumer, kafka, "consumer", stop)
             stack.push_async_callback(self._close_consumer, consumer)
             await self._check_topics(consumer)
             self._consumer = consumer
@@ -167,7 +180,7 @@ class Worker:
             futures = [
                 await producer.send(o.topic, o.value, key=o.key, headers=o.headers) for o in outputs
             ]
-            await asyncio.gather(*futures)
+            await acknowledged(futures)
         except KafkaError as exc:
             raise FatalError(
                 f"publishing failed, offsets not committed: {type(exc).__name__}: {exc}"

@@ -82,10 +82,12 @@ async def serve(
     return EXIT_OK
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, stop_requested: Callable[[], bool] = lambda: False) -> int:
     async def main() -> int:
         stop = asyncio.Event()
         install_stop_handlers(stop)
+        if stop_requested():  # a signal came before the loop could take it
+            stop.set()
         return await serve(settings, stop)
 
     return run_loop(main)

@@ -26,13 +26,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from worker.errors import ConfigError
 from worker.routing import Policy
 
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
 ENV_PREFIX = "LOGIT_ROUTER_"
-
-
-class ConfigError(Exception):
-    """A configuration that must be refused before anything touches Kafka."""
 
 
 def _finite(value: float) -> float:

@@ -23,10 +23,15 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced, TransactionalIdAuthorizationFailed
+from aiokafka.errors import (
+    IllegalOperation,
+    KafkaError,
+    ProducerFenced,
+    TransactionalIdAuthorizationFailed,
+)
 from aiokafka.structs import OffsetAndMetadata
 
-from worker.connections import FatalError, make_producer, start_within
+from worker.connections import acknowledged, make_producer, start_within
 from worker.records import Outbound
 from worker.settings import Settings
 
@@ -77,7 +82,7 @@ class PartitionProducers:
             transactional_id=transactional_id(self.group_id, tp),
             transaction_timeout_ms=self.settings.processing.transaction_timeout_ms,
         )
-        await start_within(producer.start, kafka, f"transactional producer for {tp}")
+        await start_within(producer, kafka, f"transactional producer for {tp}")
         self._producers[tp] = producer
 
     async def revoke(self, tps: Iterable[TopicPartition]) -> None:
@@ -104,11 +109,16 @@ class PartitionProducers:
         timeout = self.settings.processing.transaction_timeout_ms / 1000
         try:
             await asyncio.wait_for(self._transaction(producer, tp, outputs, next_offset), timeout)
-        except (ProducerFenced, TransactionalIdAuthorizationFailed) as exc:
+        except (ProducerFenced, TransactionalIdAuthorizationFailed, IllegalOperation) as exc:
+            # IllegalOperation: the producer was fenced in the background (its transaction
+            # state is fatal), so it refuses to send at all.
             log.warning("%s[%d] fenced, another worker owns it: %s", tp.topic, tp.partition, exc)
             await self._stop(tp)
             return Outcome.FENCED
         except (KafkaError, TimeoutError) as exc:
+            # The transaction was aborted (by the context manager); the same producer goes on.
+            # It is never re-initialised here: only an assignment from the group may do that,
+            # or a zombie that had not yet noticed its eviction would fence the rightful owner.
             log.warning(
                 "transaction for %s[%d] aborted, will retry: %s: %s",
                 tp.topic,
@@ -116,7 +126,6 @@ class PartitionProducers:
                 type(exc).__name__,
                 exc,
             )
-            await self._recover(tp)
             return Outcome.ABORTED
         return Outcome.COMMITTED
 
@@ -131,16 +140,6 @@ class PartitionProducers:
             futures = [
                 await producer.send(o.topic, o.value, key=o.key, headers=o.headers) for o in outputs
             ]
-            await asyncio.gather(*futures)
+            await acknowledged(futures)
             offsets = {tp: OffsetAndMetadata(next_offset, "")}
             await producer.send_offsets_to_transaction(offsets, self.group_id)
-
-    async def _recover(self, tp: TopicPartition) -> None:
-        """After a failed transaction the producer may be in an error state: replace it."""
-        await self._stop(tp)
-        try:
-            await self._start(tp)
-        except FatalError:
-            raise
-        except KafkaError as exc:
-            raise FatalError(f"cannot restart the producer for {tp}: {exc}") from None

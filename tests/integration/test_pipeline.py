@@ -23,7 +23,10 @@ from tests.integration.helpers import (
     read_inputs,
     read_outputs,
     running_worker,
+    start_worker,
     wait_until_committed,
+    worker_log,
+    write_config,
 )
 from worker import __version__, admin, traffic
 from worker.events import EventError, decode_event
@@ -174,49 +177,13 @@ async def test_one_worker_stops_half_way_another_finishes(
     check_order(outputs)
 
 
-def write_config(settings: Settings, path: Path, **http: Any) -> Path:
-    lines = [
-        "[kafka]",
-        f'bootstrap_servers = "{settings.kafka.bootstrap_servers}"',
-        f'group_id = "{settings.kafka.group_id}"',
-        "connect_timeout_s = 5",
-        "[outputs]",
-        f'routed = "{settings.outputs.routed}"',
-        f'escalated = "{settings.outputs.escalated}"',
-        f'dead_letter = "{settings.outputs.dead_letter}"',
-        "[processing]",
-        "max_batch_records = 100",
-        "drain_timeout_s = 10",
-        "[http]",
-        f"enabled = {str(bool(http)).lower()}",
-        *(f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in http.items()),
-    ]
-    for topic, tp in settings.topics.items():
-        lines += [f'[topics."{topic}"]', f"temperature = {tp.temperature}"]
-        lines += [f"min_margin = {tp.min_margin}"]
-        if tp.min_top1 is not None:
-            lines += [f"min_top1 = {tp.min_top1}"]
-        if tp.labels is not None:
-            lines += [f"labels = {orjson.dumps(list(tp.labels)).decode()}"]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def start_worker(config: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "worker", "run", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 async def test_sigterm_mid_stream_exits_0_and_loses_nothing(
     bootstrap: str, uid: str, tmp_path: Path
 ) -> None:
     settings = make_settings(bootstrap, uid)
     await create_all(settings)
-    with start_worker(write_config(settings, tmp_path / "w.toml")) as proc:
+    config = write_config(settings, tmp_path / "w.toml")
+    with start_worker(config) as proc:
         try:
             producing = asyncio.create_task(publish_mixed(settings, 20_000))
             # SIGTERM once the worker has committed something, while traffic still flows.
@@ -237,7 +204,7 @@ async def test_sigterm_mid_stream_exits_0_and_loses_nothing(
         finally:
             if proc.poll() is None:
                 proc.kill()
-        log = proc.stdout.read() if proc.stdout else ""
+    log = worker_log(config)
     assert code == 0, log
     assert took < 10 + 2, f"exit took {took:.1f}s, drain bound is 10s"
     assert "Traceback" not in log
