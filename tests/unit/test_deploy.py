@@ -27,12 +27,10 @@ from prometheus_client import CollectorRegistry
 
 from tests.unit.deploy_files import (
     APP_SERVICES,
-    COMPOSE,
     COMPOSE_CONFIG,
     DOCKERFILE,
     ROOT,
     compose,
-    compose_cli,
     container_path_of,
     dockerfile_env,
     dockerfile_instructions,
@@ -454,22 +452,3 @@ def test_only_loopback_on_the_host() -> None:
         for port in svc.get("ports", []):
             assert isinstance(port, dict), f"{name}: use the long port syntax with host_ip"
             assert port.get("host_ip") == "127.0.0.1", f"{name} publishes {port} beyond loopback"
-
-
-# --- docker compose itself, where it is installed ------------------------------------------
-
-
-def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
-    cli = compose_cli(tmp_path)
-    if cli is None:
-        pytest.skip("no Docker Compose v2 here (`docker compose` plugin or docker-compose v2)")
-    # `config` only parses, interpolates and validates against the compose schema: no engine.
-    proc = subprocess.run(
-        [*cli, "-f", str(COMPOSE), "config", "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr
