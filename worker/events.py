@@ -15,6 +15,7 @@ partition. Every refusal has its own code, written into the dead-letter headers:
 ``too_few_classes``          fewer than two logits
 ``too_many_classes``         more logits than ``limits.max_classes``
 ``labels_length_mismatch``   ``labels`` not as long as ``logits``
+``too_deep``                 arrays and objects nested deeper than ``MAX_DEPTH``
 ==========================  ======================================================
 
 In JSON a masked class (``-inf``) is written ``null`` inside ``logits``: JSON has no infinity.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import orjson
@@ -48,7 +50,13 @@ Reason = Literal[
     "too_few_classes",
     "too_many_classes",
     "labels_length_mismatch",
+    "too_deep",
 ]
+
+# Deepest nesting of arrays and objects accepted (the event object itself is level 1). Far
+# beyond any real event, and well inside what the output encoder can write back: orjson's
+# ``dumps`` refuses documents nested 255 levels deep, and ``loads`` stops at 1024.
+MAX_DEPTH = 128
 
 
 class EventError(ValueError):
@@ -136,6 +144,9 @@ def decode_document(
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise _classify_unreadable(raw, exc) from None
+    # Counting brackets is a fast C-level scan; only a document that could be too deep is walked.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _deeper_than(doc, MAX_DEPTH):
+        raise EventError("too_deep", f"arrays and objects nested deeper than {MAX_DEPTH} levels")
     if not isinstance(doc, dict):
         raise EventError("not_object", f"top-level JSON is {_json_type(doc)}, not an object")
     logits = doc.get("logits")
@@ -170,12 +181,39 @@ def _classify_unreadable(raw: bytes, exc: orjson.JSONDecodeError) -> EventError:
         return value
 
     try:
-        json.loads(text, parse_constant=refuse_constant, parse_float=checked_float)
+        # An integer literal overflows a double as surely as 1e999 does (orjson reads every
+        # number as a double or a 64-bit integer), so integers are checked the same way.
+        json.loads(
+            text,
+            parse_constant=refuse_constant,
+            parse_float=checked_float,
+            parse_int=checked_float,
+        )
     except EventError as err:
         return err
-    except (ValueError, RecursionError):
+    except RecursionError:
+        return EventError("too_deep", f"arrays and objects nested deeper than {MAX_DEPTH} levels")
+    except ValueError:
         pass
     return EventError("not_json", str(exc))
+
+
+def _deeper_than(doc: object, limit: int) -> bool:
+    """Whether arrays and objects nest more than ``limit`` levels (iterative: no recursion)."""
+    stack: list[tuple[object, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children: Iterable[object]
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def _classify_invalid(exc: ValidationError) -> EventError:

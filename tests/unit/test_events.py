@@ -105,4 +105,4 @@ def test_deeply_nested_json_is_refused_not_crashed() -> None:
     raw = b'{"id": "a", "logits": [1, 2], "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     with pytest.raises(EventError) as err:
         decode(raw)
-    assert err.value.code == "not_json"
+    assert err.value.code == "too_deep"

@@ -1,0 +1,96 @@
+"""The hostile corpus through the pure ``Router`` step (no broker): every record gets the reason
+the corpus names, edges are scored, and nesting is refused exactly past ``MAX_DEPTH``.
+The same corpus runs through a real worker in ``tests/integration/test_hostile.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+import pytest
+
+from tests.integration.hostile_corpus import EDGES, HOSTILE, Hostile
+from worker.events import MAX_DEPTH, EventError, decode_event
+from worker.records import DLQ_PREFIX, Router
+from worker.settings import Settings
+
+LABELLED = "support"
+UNLABELLED = "fraud"
+SETTINGS = Settings(
+    topics={
+        LABELLED: {"temperature": 0.7, "min_margin": 0.15, "labels": ["billing", "tech", "sales"]},
+        UNLABELLED: {"temperature": 1.5, "min_margin": 0.3},
+    }
+)
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def record(item: Hostile, topic: str) -> Record:
+    return Record(
+        topic, 2, 7, 1_700_000_000_000, item.record_key(), item.value, item.record_headers()
+    )
+
+
+def topic_for(item: Hostile) -> str:
+    return LABELLED if item.labelled_topic else UNLABELLED
+
+
+def test_corpus_names_are_unique() -> None:
+    names = [item.name for item in (*HOSTILE, *EDGES)]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("item", HOSTILE, ids=lambda item: item.name)
+def test_hostile_record_is_dead_lettered_with_its_reason(item: Hostile) -> None:
+    rec = record(item, topic_for(item))
+    [out] = Router(SETTINGS).process([rec])
+    assert out.kind == "dead_letter"
+    headers = dict(out.headers[len(rec.headers) :])
+    assert headers[DLQ_PREFIX + "reason"] == item.reason.encode()
+    assert (out.key, out.value, out.headers[: len(rec.headers)]) == (
+        rec.key,
+        rec.value,
+        rec.headers,
+    )
+    assert len(headers[DLQ_PREFIX + "message"]) <= 1024
+
+
+@pytest.mark.parametrize("item", EDGES, ids=lambda item: item.name)
+def test_edge_record_is_scored(item: Hostile) -> None:
+    rec = record(item, UNLABELLED)
+    [out] = Router(SETTINGS).process([rec])
+    assert out.kind in ("routed", "escalated"), out.headers
+    assert out.value is not None
+    doc = orjson.loads(out.value)
+    assert doc["id"] == orjson.loads(item.value or b"")["id"]
+
+
+def nested(depth: int) -> bytes:
+    """A JSON event nested ``depth`` levels deep in total, counted independently of the corpus."""
+    text = "[" * (depth - 1) + "1" + "]" * (depth - 1)  # the event object is level 1
+    return b'{"id": "d", "logits": [1, 2], "x": ' + text.encode() + b"}"
+
+
+def test_nesting_is_refused_exactly_past_the_limit() -> None:
+    limits = {"max_bytes": 1 << 20, "max_classes": 10}
+    decode_event(nested(MAX_DEPTH), **limits)
+    with pytest.raises(EventError) as err:
+        decode_event(nested(MAX_DEPTH + 1), **limits)
+    assert err.value.code == "too_deep"
+
+
+def test_deepest_accepted_event_can_be_written_back() -> None:
+    rec = Record(UNLABELLED, 0, 0, 0, None, nested(MAX_DEPTH), [])
+    [out] = Router(SETTINGS).process([rec])
+    assert out.kind in ("routed", "escalated")
+    assert out.value is not None and out.value.count(b"[") >= MAX_DEPTH - 1
