@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
+from worker.security import permanent_failure
 from worker.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -43,14 +44,31 @@ def connection_options(kafka: KafkaSettings) -> dict[str, Any]:
 
 
 def _ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:
-    password = kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else None
-    context: ssl.SSLContext = create_ssl_context(
-        cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
-        certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
-        keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
-        password=password,
-    )
+    # Without a password, OpenSSL would prompt on the terminal for an encrypted key and hang a
+    # worker that has one; an empty password makes the load fail with an error instead.
+    secret = kafka.ssl_key_password
+    password = secret.get_secret_value() if secret is not None else _no_key_password
+    try:
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
+            certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
+            keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
+            password=password,
+        )
+    except ssl.SSLError as exc:  # never quotes the password: OpenSSL does not know it as text
+        raise FatalError(
+            "TLS: cannot load kafka.ssl_cafile, ssl_certfile or ssl_keyfile "
+            f"({exc.reason or exc}); is kafka.ssl_key_password right?"
+        ) from None
+    except OSError as exc:
+        raise FatalError(
+            f"TLS: cannot read {exc.filename or 'a TLS file'}: {exc.strerror}"
+        ) from None
     return context
+
+
+def _no_key_password() -> str:
+    return ""
 
 
 def make_consumer(kafka: KafkaSettings, *, group_id: str | None, **extra: Any) -> AIOKafkaConsumer:
@@ -125,6 +143,11 @@ async def start_within(
             if stop is not None and stop.is_set():
                 await _close(client)
                 raise StopRequested from None
+            # A wrong password or an untrusted certificate: say so now, not at the deadline.
+            problem = await permanent_failure(kafka, connection_options(kafka))
+            if problem is not None:
+                await _close(client)
+                raise FatalError(f"{what}: {problem}") from None
             if time.monotonic() + delay > deadline:
                 await _close(client)
                 raise FatalError(

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FilePath,
     SecretStr,
     ValidationError,
     model_validator,
@@ -56,10 +57,14 @@ class KafkaSettings(BaseModel):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
+    # Or a file holding it (a Kubernetes or Docker secret), read once at load: see _SECRET_FILES.
+    sasl_password_file: Path | None = None
+    # FilePath: a missing file is a config error (exit 2), named before anything connects.
+    ssl_cafile: FilePath | None = None
+    ssl_certfile: FilePath | None = None
+    ssl_keyfile: FilePath | None = None
     ssl_key_password: SecretStr | None = None
+    ssl_key_password_file: Path | None = None
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_ms: int = Field(45_000, ge=1_000)
     heartbeat_interval_ms: int = Field(3_000, ge=100)
@@ -76,6 +81,27 @@ class KafkaSettings(BaseModel):
     max_request_size: int = Field(8_388_608, ge=1024)
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        for name in _SECRET_FILES:
+            path = data.get(f"{name}_file")
+            if path is None:
+                continue
+            if data.get(name) is not None:
+                raise ValueError(f"give {name} or {name}_file, not both")
+            data[name] = read_secret_file(Path(path), f"{name}_file")
+        return data
+
+    @model_validator(mode="after")
+    def _client_certificate_complete(self) -> KafkaSettings:
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile needs ssl_certfile (the client certificate)")
+        return self
+
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
         if self.security_protocol.startswith("SASL_"):
@@ -83,6 +109,28 @@ class KafkaSettings(BaseModel):
                 if getattr(self, name) is None:
                     raise ValueError(f"{name} is required with {self.security_protocol}")
         return self
+
+
+_SECRET_FILES = ("sasl_password", "ssl_key_password")
+
+
+def read_secret_file(path: Path, field: str) -> SecretStr:
+    """A secret from a file, without its final line break (``echo`` and editors add one).
+
+    Errors name the field and the file, never the content.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(
+            f"{field} {path}: cannot read it ({exc.strerror or 'unknown error'})"
+        ) from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{field} {path}: not UTF-8 text") from None
+    secret = text.removesuffix("\n").removesuffix("\r")
+    if not secret:
+        raise ValueError(f"{field} {path}: the file is empty")
+    return SecretStr(secret)
 
 
 class OutputTopics(BaseModel):
@@ -238,13 +286,21 @@ def describe_validation_error(exc: ValidationError) -> str:
     for err in exc.errors(include_url=False):
         where = ".".join(str(part) for part in err["loc"]) or "(top level)"
         value = err.get("input")
-        shown = "'**********'" if _looks_secret(where) else _short(value)
+        # A misspelt secret field (``sasl_pasword``) is unknown, but its value is still a secret.
+        unknown = err["type"] == "extra_forbidden"
+        masked = _looks_secret(where) or (unknown and _may_be_secret(where))
+        shown = "'**********'" if masked else _short(value)
         lines.append(f"{where} = {shown}: {err['msg']}")
     return "invalid config: " + "; ".join(lines)
 
 
 def _looks_secret(where: str) -> bool:
     return any(word in where for word in ("password", "secret", "token"))
+
+
+def _may_be_secret(where: str) -> bool:
+    name = where.rsplit(".", 1)[-1].lower()
+    return any(word in name for word in ("pas", "pw", "secret", "token", "key", "cred", "auth"))
 
 
 def _short(value: Any) -> str:
