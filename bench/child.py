@@ -1,0 +1,134 @@
+"""A contender in its own process: ``python -m bench.child SPEC.json``.
+
+* ``raw``: the ceiling. aiokafka consume and produce, nothing else: ``getmany``, send every
+  record unchanged to one topic, await every acknowledgement, commit, with the worker's own
+  client factories and tuning (``worker.connections``), so only the work in between differs.
+* ``worker``: this project's worker, ``worker.service.serve`` exactly as ``logit-router run``
+  runs it (uvloop, signals, metrics), with the guarantee the spec names.
+* ``quix``: the Quix Streams application in ``bench.quix_app``.
+
+With ``BENCH_PROFILE`` set to a path, the whole run is profiled with cProfile into it.
+Each prints one JSON line when its first records arrive (see ``spec.FirstConsumed``), runs
+until SIGTERM, and exits 0; exit 2 when the worker refuses its settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import os
+import sys
+from typing import Any
+
+from bench.spec import (
+    PROFILE_ENV,
+    FirstConsumed,
+    Spec,
+    die_with_parent,
+    read_spec,
+    report,
+    worker_config,
+)
+
+
+def _watch_getmany(first: FirstConsumed) -> None:
+    """Wrap ``AIOKafkaConsumer.getmany`` to see the first non-empty fetch: one extra frame per
+    batch, the same for the raw pipe and the worker."""
+    from aiokafka import AIOKafkaConsumer
+
+    original = AIOKafkaConsumer.getmany
+
+    async def getmany(self: AIOKafkaConsumer, *args: Any, **kwargs: Any) -> Any:
+        batches = await original(self, *args, **kwargs)
+        if batches and not first.done:
+            first()
+        return batches
+
+    AIOKafkaConsumer.getmany = getmany
+
+
+async def _raw(spec: Spec, stop: asyncio.Event) -> int:
+    from aiokafka.structs import OffsetAndMetadata
+
+    from worker.connections import make_consumer, make_producer
+    from worker.settings import Settings
+
+    settings = Settings(**worker_config(spec))
+    kafka = settings.kafka
+    out = settings.outputs.routed
+    max_records = settings.processing.max_batch_records
+    producer = make_producer(kafka)
+    consumer = make_consumer(kafka, group_id=kafka.group_id)
+    await producer.start()
+    await consumer.start()
+    try:
+        consumer.subscribe(sorted(settings.topics))
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200, max_records=max_records)
+            if not batches:
+                continue
+            futures = [
+                await producer.send(out, r.value, key=r.key, headers=list(r.headers))
+                for rs in batches.values()
+                for r in rs
+            ]
+            await asyncio.gather(*futures)
+            await consumer.commit(
+                {tp: OffsetAndMetadata(rs[-1].offset + 1, "") for tp, rs in batches.items()}
+            )
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return 0
+
+
+async def _worker(spec: Spec, stop: asyncio.Event) -> int:
+    from pydantic import ValidationError
+
+    from worker.service import serve
+    from worker.settings import Settings, describe_validation_error
+
+    try:
+        settings = Settings(**worker_config(spec))
+    except ValidationError as exc:
+        report(refused=describe_validation_error(exc))
+        return 2
+    return await serve(settings, stop)
+
+
+def main(argv: list[str]) -> int:
+    die_with_parent()
+    profile_to = os.environ.get(PROFILE_ENV)
+    if not profile_to:
+        return _main(argv)
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(_main, argv)
+    finally:
+        profiler.dump_stats(profile_to)
+
+
+def _main(argv: list[str]) -> int:
+    spec = read_spec(argv[0])
+    first = FirstConsumed()
+    if spec["kind"] == "quix":
+        from bench.quix_app import run_quix
+
+        return run_quix(spec, first)
+    _watch_getmany(first)
+    from worker import logs
+    from worker.service import install_stop_handlers, run_loop
+
+    logs.configure("WARNING")
+    contender = _raw if spec["kind"] == "raw" else _worker
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        install_stop_handlers(stop)
+        return await contender(spec, stop)
+
+    return run_loop(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

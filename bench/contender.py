@@ -1,0 +1,244 @@
+"""One contender, start to finish: its topics, its child process, the throughput phase
+(drain the pre-filled topics), the latency phase (a paced load), stop, count its outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bench import measure
+from bench.load import paced
+from bench.spec import POLICIES, PROFILE_ENV, WIDTHS, Spec
+
+REPO = Path(__file__).resolve().parent.parent
+POLL_S = 0.1
+MIB = 1_048_576
+INPUT_CONFIG = {"segment.bytes": str(128 * MIB), "max.message.bytes": str(8 * MIB)}
+# The broker stamps outputs as it appends them: the "append" latency reads that stamp.
+OUTPUT_CONFIG = {**INPUT_CONFIG, "message.timestamp.type": "LogAppendTime"}
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    label: str
+    kind: str  # raw | worker | quix
+    processing: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    """What every contender shares in one benchmark run."""
+
+    bootstrap: str
+    run_id: str
+    inputs: dict[str, int]  # input topic -> width
+    ends: dict[TopicPartition, int]  # the pre-filled end offsets: the work to do
+    partitions: int
+    workdir: Path
+    kafka: dict[str, Any]
+    processing: dict[str, Any]
+    quix_commit_interval: float
+    latency_seconds: float
+    stall_s: float
+    profile_dir: Path | None
+    seed: int
+    created: list[str] = field(default_factory=list)
+
+
+class Unavailable(Exception):
+    """The contender could not run; the reason goes into the report instead of a number."""
+
+
+async def create_topics(run: Run, names: list[str], config: dict[str, str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=run.bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(n, run.partitions, 1, topic_configs=config) for n in names]
+        )
+    finally:
+        await admin.close()
+    run.created += names
+
+
+def _child_env(profile: Path | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGIT_ROUTER_")}
+    env.pop(PROFILE_ENV, None)
+    if profile is not None:
+        env[PROFILE_ENV] = str(profile)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+async def _lines(stream: asyncio.StreamReader, into: asyncio.Queue[dict[str, Any]]) -> None:
+    async for line in stream:
+        try:
+            into.put_nowait(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            continue
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    text = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+    return " | ".join(text[-lines:])
+
+
+async def run_contender(run: Run, c: Contender, rate: float | None) -> dict[str, Any]:
+    result: dict[str, Any] = {"name": c.name, "label": c.label, "available": False}
+    prefix = f"{run.run_id}-{c.name}"
+    outputs = {k: f"{prefix}-{k}" for k in ("routed", "escalated", "dead_letter")}
+    latency_inputs = {f"{prefix}-lat-w{w}": w for w in WIDTHS}
+    await create_topics(run, list(outputs.values()), OUTPUT_CONFIG)
+    await create_topics(run, list(latency_inputs), INPUT_CONFIG)
+    spec: Spec = {
+        "kind": c.kind,
+        "bootstrap": run.bootstrap,
+        "group": f"{prefix}-group",
+        "inputs": {t: POLICIES[w] for t, w in {**run.inputs, **latency_inputs}.items()},
+        "outputs": outputs,
+        "kafka": run.kafka,
+        "processing": {**run.processing, **c.processing},
+        "quix_commit_interval": run.quix_commit_interval,
+    }
+    spec_path = run.workdir / f"{c.name}.json"
+    spec_path.write_bytes(orjson.dumps(spec))
+    log_path = run.workdir / f"{c.name}.log"
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.child", str(spec_path),
+            stdout=asyncio.subprocess.PIPE, stderr=log, cwd=REPO,
+            env=_child_env(run.profile_dir / f"{c.name}.prof" if run.profile_dir else None),
+        )  # fmt: skip
+    if proc.stdout is None:  # pragma: no cover - asked for a pipe above
+        raise RuntimeError("no pipe to the contender")
+    messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    reader = asyncio.create_task(_lines(proc.stdout, messages))
+    try:
+        result.update(await _throughput(run, spec, proc, messages, log_path))
+        out_ends = await measure.end_offsets(run.bootstrap, outputs.values())
+        # The first contender (the worker) sets the load: half of its own rate.
+        load = rate if rate is not None else result["events_per_s"] / 2
+        result["latency"] = await _latency(run, outputs, latency_inputs, load)
+    except Unavailable as exc:
+        result["reason"] = str(exc)
+        return result
+    finally:
+        result["exit_code"] = await _stop(proc)
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    counted = await measure.count_records(run.bootstrap, out_ends, timeout_s=600)
+    result["events_out"] = counted.records
+    # Offsets that hold no record are transaction markers: the outputs were transactional.
+    result["transactional_outputs"] = sum(out_ends.values()) > counted.records
+    first = result.pop("first_consumed")
+    if counted.last_timestamp_ms:
+        to_last_output = counted.last_timestamp_ms / 1000 - first
+        result["events_per_s_to_last_output"] = round(result["events_in"] / to_last_output, 1)
+    if c.processing.get("guarantee") == "exactly_once" and not result["transactional_outputs"]:
+        result["available"] = False
+        result["reason"] = "exactly_once was accepted, but no transaction markers in the outputs"
+    return result
+
+
+async def _throughput(
+    run: Run,
+    spec: Spec,
+    proc: asyncio.subprocess.Process,
+    messages: asyncio.Queue[dict[str, Any]],
+    log_path: Path,
+) -> dict[str, Any]:
+    """Poll the group's commits until they reach the pre-filled end offsets."""
+    total = sum(run.ends.values())
+    admin = AIOKafkaAdminClient(bootstrap_servers=run.bootstrap)
+    await admin.start()
+    first: dict[str, Any] | None = None
+    rss_tenth: float | None = None
+    last_done, last_move = -1, time.monotonic()
+    try:
+        while True:
+            while not messages.empty():
+                msg = messages.get_nowait()
+                if "refused" in msg:
+                    raise Unavailable(f"settings refused: {msg['refused']}")
+                if "first_consumed" in msg:
+                    first = msg
+            if proc.returncode is not None:
+                raise Unavailable(f"exited with status {proc.returncode}: {_tail(log_path)}")
+            done = measure.progress(await measure.committed(admin, spec["group"]), run.ends)
+            mem = measure.memory_mb(proc.pid)
+            if rss_tenth is None and done >= total / 10:
+                rss_tenth = mem["VmRSS"]
+            if done >= total:
+                finished, cpu_end = time.time(), measure.cpu_seconds(proc.pid)
+                break
+            if done > last_done:
+                last_done, last_move = done, time.monotonic()
+            elif time.monotonic() - last_move > run.stall_s:
+                raise Unavailable(
+                    f"no progress for {run.stall_s:g}s at {done}/{total}: {_tail(log_path)}"
+                )
+            await asyncio.sleep(POLL_S)
+    finally:
+        await admin.close()
+    if first is None:  # the line is written before the first commit; it may still be in the pipe
+        first = await asyncio.wait_for(messages.get(), timeout=10)
+    seconds = finished - first["first_consumed"]
+    cpu = cpu_end - first["cpu"]
+    return {
+        "available": True,
+        "events_in": total,
+        "first_consumed": first["first_consumed"],
+        "seconds": round(seconds, 3),
+        "events_per_s": round(total / seconds, 1),
+        "cpu_s": round(cpu, 2),
+        "cpu_us_per_event": round(1e6 * cpu / total, 2),
+        "peak_rss_mb": round(mem["VmHWM"], 1),
+        "rss_mb_at_10pct": round(rss_tenth or mem["VmRSS"], 1),
+        "rss_mb_at_end": round(mem["VmRSS"], 1),
+        "rss_growth": round(mem["VmRSS"] / (rss_tenth or mem["VmRSS"]) - 1, 4),
+    }
+
+
+async def _latency(
+    run: Run, outputs: dict[str, str], inputs: dict[str, int], rate: float
+) -> dict[str, Any]:
+    count = max(1, round(rate * run.latency_seconds))
+    deadline = run.latency_seconds * 2 + 60
+    probe = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.probe", run.bootstrap, str(count), str(deadline),
+        *outputs.values(), stdout=asyncio.subprocess.PIPE, cwd=REPO, env=_child_env(),
+    )  # fmt: skip
+    if probe.stdout is None:  # pragma: no cover - asked for a pipe above
+        raise RuntimeError("no pipe to the probe")
+    try:
+        ready = await asyncio.wait_for(probe.stdout.readline(), timeout=60)
+        if not ready:
+            raise Unavailable("the latency probe did not start")
+        achieved = await paced(run.bootstrap, inputs, rate, count, run.seed)
+        line = await asyncio.wait_for(probe.stdout.readline(), timeout=deadline + 30)
+        found: dict[str, Any] = orjson.loads(line)
+    finally:
+        await _stop(probe)
+    return {"rate": round(rate, 1), "achieved_rate": round(achieved, 1), "sent": count, **found}
+
+
+async def _stop(proc: asyncio.subprocess.Process, grace_s: float = 60) -> int | None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=grace_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode

@@ -1,0 +1,109 @@
+"""Traffic for the benchmark: the seeded pre-fill, and the paced producer of the latency phase.
+
+Events come from ``worker.traffic.synthetic`` (the demo's and the tests' generator): 2 % are
+malformed on purpose, 30 % uncertain. The pre-fill splits the count evenly over the three
+widths (3, 10 and 100 classes), one input topic each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, NamedTuple
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from worker.traffic import synthetic
+
+CHUNK = 20_000  # events in flight at once while pre-filling
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` counts differing by at most one, larger first."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+async def prefill(bootstrap: str, topics: dict[str, int], total: int, seed: int) -> int:
+    """Publish ``total`` events over ``topics`` (topic -> width); return how many were acked."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=20,
+        max_batch_size=1_048_576,
+        max_request_size=8_388_608,
+        acks=1,
+    )
+    await producer.start()
+    sent = 0
+    try:
+        for (topic, width), count in zip(topics.items(), split(total, len(topics)), strict=True):
+            events = synthetic(count, seed=seed + width, classes=width, id_prefix=f"w{width}")
+            while True:
+                chunk = [
+                    await producer.send(topic, e.value, key=e.key, headers=e.headers)
+                    for _, e in zip(range(CHUNK), events, strict=False)
+                ]
+                if not chunk:
+                    break
+                await asyncio.gather(*chunk)
+                sent += len(chunk)
+    finally:
+        await producer.stop()
+    return sent
+
+
+class Prepared(NamedTuple):
+    topic: str
+    value: dict[str, Any] | bytes  # a document to stamp and encode, or malformed bytes as is
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def prepare(topics: dict[str, int], count: int, seed: int) -> list[Prepared]:
+    """``count`` events, round robin over the topics (topic -> width)."""
+    per_topic = -(-count // len(topics))
+    streams = [
+        (topic, synthetic(per_topic, seed=seed + 7 * width, classes=width, id_prefix=f"l{width}"))
+        for topic, width in topics.items()
+    ]
+    out: list[Prepared] = []
+    while len(out) < count:
+        for topic, events in streams:
+            e = next(events)
+            value = e.value if e.expect_dead_letter else orjson.loads(e.value)
+            out.append(Prepared(topic, value, e.key, e.headers))
+    return out[:count]
+
+
+async def paced(
+    bootstrap: str, topics: dict[str, int], rate: float, count: int, seed: int
+) -> float:
+    """Send ``count`` events at ``rate`` per second, each stamped with ``sent_ns`` as it goes.
+
+    Returns the rate achieved. Events are prepared before the clock starts; only the stamp and
+    the encoding happen on the way out.
+    """
+    prepared = prepare(topics, count, seed)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks="all")
+    await producer.start()
+    futures: list[asyncio.Future[Any]] = []
+    try:
+        started = time.monotonic()
+        sent = 0
+        while sent < count:
+            due = min(count, int((time.monotonic() - started) * rate) + 1)
+            while sent < due:
+                p = prepared[sent]
+                if isinstance(p.value, dict):
+                    p.value["sent_ns"] = time.time_ns()
+                    value = orjson.dumps(p.value)
+                else:
+                    value = p.value
+                futures.append(await producer.send(p.topic, value, key=p.key, headers=p.headers))
+                sent += 1
+            await asyncio.sleep(0.001)
+        elapsed = time.monotonic() - started
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return count / elapsed if elapsed > 0 else float(count)

@@ -1,0 +1,105 @@
+"""What the parent measures from outside a contender: its CPU time and memory from ``/proc``,
+its group's committed offsets, and the outputs it wrote (counted by reading them back)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
+
+from worker import admin
+from worker.settings import KafkaSettings
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system time of every thread of ``pid`` so far (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: fields 14, 15
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """Resident set size now (VmRSS) and at its peak so far (VmHWM), in MiB."""
+    out: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            name, _, rest = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                out[name] = int(rest.split()[0]) / 1024
+    return out
+
+
+async def committed(client: AIOKafkaAdminClient, group: str) -> dict[TopicPartition, int]:
+    """The group's committed offsets; none while its coordinator is not there yet (a fresh
+    broker creates ``__consumer_offsets`` on the first group's request)."""
+    try:
+        offsets = await client.list_consumer_group_offsets(group)
+    except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+        return {}
+    return {tp: om.offset for tp, om in offsets.items() if om.offset >= 0}
+
+
+def progress(seen: Mapping[TopicPartition, int], ends: Mapping[TopicPartition, int]) -> int:
+    """Events committed so far, counting each partition up to its end offset."""
+    return sum(min(seen.get(tp, 0), end) for tp, end in ends.items())
+
+
+@dataclass
+class Counted:
+    records: int
+    last_timestamp_ms: int  # the latest broker timestamp among them
+
+
+async def count_records(
+    bootstrap: str, ends: Mapping[TopicPartition, int], timeout_s: float
+) -> Counted:
+    """Read every committed record below ``ends`` and count it (transaction markers take
+    offsets but are not records, so offsets alone would over-count exactly-once outputs)."""
+    tps = [tp for tp, end in ends.items() if end > 0]
+    counted = Counted(0, 0)
+    if not tps:
+        return counted
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=8_388_608,
+        fetch_max_bytes=67_108_864,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout_s
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"counting outputs took longer than {timeout_s:g}s")
+            batches = await consumer.getmany(timeout_ms=500, max_records=50_000)
+            for tp, records in batches.items():
+                end = ends[tp]
+                for r in records:
+                    if r.offset < end:
+                        counted.records += 1
+                        counted.last_timestamp_ms = max(counted.last_timestamp_ms, r.timestamp)
+                if records and records[-1].offset + 1 >= end:
+                    consumer.pause(tp)
+    finally:
+        await asyncio.sleep(0)
+        await consumer.stop()
+    return counted
+
+
+async def partitions(bootstrap: str, topics: Iterable[str]) -> list[TopicPartition]:
+    return await admin.partitions(KafkaSettings(bootstrap_servers=bootstrap), topics)
+
+
+async def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
+    return await admin.end_offsets(KafkaSettings(bootstrap_servers=bootstrap), topics)

@@ -1,0 +1,90 @@
+"""The latency probe, in its own process: ``python -m bench.probe BOOTSTRAP EXPECTED TOPIC...``.
+
+It reads a contender's output topics (read_committed, from their end offsets at start), and for
+every output that carries ``sent_ns`` records two latencies, in microseconds:
+
+* receipt: this process's wall clock when ``getmany`` handed the record over, minus ``sent_ns``
+  (what a downstream consumer sees; for exactly-once it includes waiting for the commit);
+* append: the output record's broker timestamp (the bench creates output topics with
+  ``message.timestamp.type=LogAppendTime``, 1 ms resolution) minus ``sent_ns``.
+
+It prints ``{"ready": true}`` once positioned, then, after EXPECTED outputs or its deadline,
+one JSON line with the counts and percentiles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from array import array
+
+from aiokafka import AIOKafkaConsumer
+
+from bench.measure import partitions
+from bench.spec import die_with_parent, report
+from bench.stats import percentiles
+
+MARK = b'"sent_ns":'
+
+
+def sent_ns(value: bytes | None) -> int | None:
+    """The ``sent_ns`` field of a JSON value, found without decoding the whole document."""
+    if value is None:
+        return None
+    at = value.find(MARK)
+    if at < 0:
+        return None
+    start = at + len(MARK)
+    end = start
+    while end < len(value) and 48 <= value[end] <= 57:
+        end += 1
+    return int(value[start:end]) if end > start else None
+
+
+async def probe(bootstrap: str, expected: int, topics: list[str], deadline_s: float) -> None:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed"
+    )
+    tps = await partitions(bootstrap, topics)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+        report(ready=True)
+        receipt: array[int] = array("q")
+        append: array[int] = array("q")
+        seen = 0
+        deadline = time.monotonic() + deadline_s
+        while seen < expected and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=100, max_records=10_000)
+            now = time.time_ns()
+            for records in batches.values():
+                seen += len(records)
+                for r in records:
+                    sent = sent_ns(r.value)
+                    if sent is not None:
+                        receipt.append((now - sent) // 1000)
+                        append.append((r.timestamp * 1_000_000 - sent) // 1000)
+        report(
+            outputs=seen,
+            timed=len(receipt),
+            receipt_ms=percentiles(receipt),
+            append_ms=percentiles(append),
+        )
+    finally:
+        await asyncio.sleep(0)
+        await consumer.stop()
+
+
+def main(argv: list[str]) -> int:
+    die_with_parent()
+    bootstrap, expected, deadline, *topics = argv
+    asyncio.run(probe(bootstrap, int(expected), topics, float(deadline)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,68 @@
+"""The result as people read it (a table) and as programs read it (the last line, JSON)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TARGETS = (
+    # name, numerator, denominator, minimum ratio of events per second
+    ("worker >= 0.85 x raw", "worker", "raw", 0.85),
+    ("worker >= 1.5 x quix", "worker", "quix", 1.5),
+    ("worker_eos >= 0.8 x worker", "worker_eos", "worker", 0.8),
+)
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "-"
+    return format(value, spec)
+
+
+def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for name, num, den, minimum in TARGETS:
+        a, b = results.get(num, {}), results.get(den, {})
+        ratio = None
+        if a.get("available") and b.get("available"):
+            ratio = round(a["events_per_s"] / b["events_per_s"], 3)
+        out.append(
+            {"target": name, "ratio": ratio, "met": None if ratio is None else ratio >= minimum}
+        )
+    worker = results.get("worker", {})
+    p99 = (worker.get("latency") or {}).get("receipt_ms", {}).get("p99")
+    out.append({"target": "worker p99 <= 50 ms at half load", "value_ms": p99,
+                "met": None if p99 is None else p99 <= 50})  # fmt: skip
+    growth = worker.get("rss_growth")
+    out.append({"target": "worker RSS growth <= 10 %", "value": growth,
+                "met": None if growth is None else growth <= 0.10})  # fmt: skip
+    return out
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    head = (
+        f"{'contender':<28} {'events/s':>9} {'x raw':>6} {'CPU us/ev':>9} {'peak MiB':>8} "
+        f"{'RSS grow':>8} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8}  out/in"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results.values():
+        if not r.get("available"):
+            lines.append(f"{r['label']:<28} not available: {r.get('reason', '?')}")
+            continue
+        lat = (r.get("latency") or {}).get("receipt_ms") or {}
+        lines.append(
+            f"{r['label']:<28} {r['events_per_s']:>9,.0f} {_fmt(r.get('ratio_to_raw'), '.2f'):>6} "
+            f"{r['cpu_us_per_event']:>9.1f} {r['peak_rss_mb']:>8.0f} "
+            f"{_fmt(r.get('rss_growth'), '+.1%'):>8} {_fmt(lat.get('p50'), '.1f'):>7} "
+            f"{_fmt(lat.get('p99'), '.1f'):>7} {_fmt(lat.get('p99.9'), '.1f'):>8}  "
+            f"{r['events_out']}/{r['events_in']}"
+        )
+    return "\n".join(lines)
+
+
+def target_lines(checks: list[dict[str, Any]]) -> str:
+    lines = []
+    for c in checks:
+        value = c.get("ratio", c.get("value_ms", c.get("value")))
+        verdict = {True: "met", False: "MISSED", None: "n/a"}[c["met"]]
+        lines.append(f"  {c['target']:<36} {_fmt(value):>8}  {verdict}")
+    return "\n".join(lines)

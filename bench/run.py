@@ -1,0 +1,258 @@
+"""``python -m bench``: pre-fill a broker, run every contender on the same topics, report.
+
+Contenders run one after another, each in its own process. The worker (b) goes first: half of
+its rate is the load of every contender's latency phase (unless ``--rate`` is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import orjson
+
+from bench import measure, report
+from bench.contender import INPUT_CONFIG, Contender, Run, create_topics, run_contender
+from bench.env import environment
+from bench.load import prefill
+from bench.spec import WIDTHS
+
+CONTENDERS = {
+    c.name: c
+    for c in (
+        Contender("worker", "(b) worker, at-least-once", "worker", {"guarantee": "at_least_once"}),
+        Contender("raw", "(a) raw aiokafka pipe", "raw"),
+        Contender(
+            "worker_eos", "(c) worker, exactly-once", "worker", {"guarantee": "exactly_once"}
+        ),
+        Contender("quix", "(d) Quix Streams app", "quix"),
+    )
+}
+FULL, QUICK = 1_000_000, 100_000
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _setting(text: str) -> tuple[str, str, Any]:
+    """``kafka.linger_ms=10`` -> ("kafka", "linger_ms", 10): a worker setting for (a), (b), (c)."""
+    key, sep, raw = text.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or section not in ("kafka", "processing") or not name:
+        raise argparse.ArgumentTypeError(
+            f"expected kafka.NAME=VALUE or processing.NAME=VALUE: {text!r}"
+        )
+    try:
+        value: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = raw
+    return section, name, value
+
+
+def _contenders(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(CONTENDERS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown contender {unknown}; choose from {sorted(CONTENDERS)}"
+        )
+    return names
+
+
+def build_parser() -> _Parser:
+    p = _Parser(prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else None)
+    size = p.add_mutually_exclusive_group()
+    size.add_argument(
+        "--events", type=_positive_int, default=FULL, help="events to pre-fill (default 1,000,000)"
+    )
+    size.add_argument(
+        "--quick", action="store_const", const=QUICK, dest="events", help="100,000 events"
+    )
+    p.add_argument(
+        "--only",
+        type=_contenders,
+        default=list(CONTENDERS),
+        metavar="NAMES",
+        help=f"comma-separated subset of {','.join(CONTENDERS)}",
+    )
+    p.add_argument(
+        "--partitions", type=_positive_int, default=3, help="partitions per topic (default 3)"
+    )
+    p.add_argument(
+        "--rate",
+        type=_positive_float,
+        help="latency-phase load, events/s (default: half the worker's rate)",
+    )
+    p.add_argument(
+        "--latency-seconds",
+        type=_positive_float,
+        default=20.0,
+        help="length of the latency phase (default 20)",
+    )
+    p.add_argument(
+        "--set",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="SECTION.NAME=VALUE",
+        help="a worker setting for (a), (b) and (c), e.g. kafka.linger_ms=10 (repeatable)",
+    )
+    p.add_argument(
+        "--quix-commit-interval",
+        type=_positive_float,
+        default=5.0,
+        help="Quix's commit_interval, seconds (default 5.0, Quix's own default)",
+    )
+    p.add_argument(
+        "--stall-seconds",
+        type=_positive_float,
+        default=120.0,
+        help="give a contender up after this long without committing anything new",
+    )
+    p.add_argument("--seed", type=int, default=20261126)
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="run each contender under cProfile, writing DIR/NAME.prof (slows them down)",
+    )
+    p.add_argument("--keep-topics", action="store_true", help="do not delete the topics afterwards")
+    return p
+
+
+async def bench(args: argparse.Namespace, bootstrap: str, source: str) -> dict[str, Any]:
+    env = environment(source)
+    print(f"bench: {args.events:,} events over widths {WIDTHS}, {args.partitions} partitions each; "
+          f"broker {bootstrap} ({source})")  # fmt: skip
+    print("fast path: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+    if not env["aiokafka_c_extension"]:
+        print("WARNING: aiokafka runs without its C extension: every contender is slower")
+    overrides: dict[str, dict[str, Any]] = {"kafka": {}, "processing": {}}
+    for section, name, value in args.set:
+        overrides[section][name] = value
+    run_id = f"bench-{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="logit-router-bench-") as tmp:
+        run = Run(
+            bootstrap=bootstrap, run_id=run_id, inputs={f"{run_id}-w{w}": w for w in WIDTHS},
+            ends={}, partitions=args.partitions, workdir=Path(tmp), kafka=overrides["kafka"],
+            processing=overrides["processing"], quix_commit_interval=args.quix_commit_interval,
+            latency_seconds=args.latency_seconds, stall_s=args.stall_seconds, seed=args.seed,
+            profile_dir=args.profile,
+        )  # fmt: skip
+        try:
+            return await _measure_all(args, run, env)
+        finally:
+            if not args.keep_topics and source == "env":
+                await _delete(bootstrap, run.created)
+
+
+async def _measure_all(args: argparse.Namespace, run: Run, env: dict[str, Any]) -> dict[str, Any]:
+    await create_topics(run, list(run.inputs), INPUT_CONFIG)
+    started = time.monotonic()
+    produced = await prefill(run.bootstrap, run.inputs, args.events, args.seed)
+    fill_s = time.monotonic() - started
+    run.ends = await measure.end_offsets(run.bootstrap, run.inputs)
+    print(
+        f"pre-filled {produced:,} events in {fill_s:.1f}s ({produced / fill_s:,.0f}/s)", flush=True
+    )
+    rate: float | None = args.rate
+    results: dict[str, dict[str, Any]] = {}
+    for name in [n for n in CONTENDERS if n in args.only]:
+        c = CONTENDERS[name]
+        print(f"running {c.label} ...", flush=True)
+        results[name] = r = await run_contender(run, c, rate)
+        line = (f"  {r['events_per_s']:,.0f} events/s, {r['cpu_us_per_event']} us CPU/event"
+                if r.get("available") else f"  not available: {r.get('reason')}")  # fmt: skip
+        print(line, flush=True)
+        if rate is None and r.get("available"):
+            rate = r["events_per_s"] / 2
+    raw = results.get("raw", {})
+    for r in results.values():
+        if r.get("available") and raw.get("available"):
+            r["ratio_to_raw"] = round(r["events_per_s"] / raw["events_per_s"], 3)
+    checks = report.targets(results)
+    print()
+    print(report.table(results))
+    print("targets:")
+    print(report.target_lines(checks))
+    return {
+        "events_produced": produced,
+        "prefill_seconds": round(fill_s, 2),
+        "environment": env,
+        "settings": {"kafka": run.kafka, "processing": run.processing,
+                     "quix_commit_interval": run.quix_commit_interval},
+        "latency_rate": rate,
+        "contenders": results,
+        "targets": checks,
+    }  # fmt: skip
+
+
+async def _delete(bootstrap: str, topics: list[str]) -> None:
+    if not topics:
+        return
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.profile is not None:
+        args.profile = args.profile.resolve()
+        args.profile.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.WARNING, format="bench: %(levelname)s %(name)s: %(message)s")
+    # A topic's first produce requests can meet a leader not elected yet; aiokafka retries
+    # them and says so at WARNING. Not news here.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    from worker.broker import BrokerError, throwaway_broker
+    from worker.service import run_loop
+
+    try:
+        with throwaway_broker(auto_create_topics=False) as broker:
+            summary: dict[str, Any] = {}
+
+            async def go() -> int:
+                summary.update(await bench(args, broker.bootstrap_servers, broker.source))
+                return 0
+
+            run_loop(go)
+    except BrokerError as exc:
+        sys.stderr.write(f"bench: error: {exc}\n")
+        return 1
+    sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+    return 0

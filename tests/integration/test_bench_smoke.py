@@ -1,0 +1,59 @@
+"""The benchmark runs end to end on a tiny count: every contender reports sane figures.
+
+It asserts no timing (this machine is shared); it checks that every event produced was
+counted in each contender's outputs, and that the report has what docs/performance.md says.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+EVENTS = 2000
+LATENCY_EVENTS = 400
+
+
+def test_a_tiny_benchmark_reports_every_contender(bootstrap: str) -> None:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "bench", "--events", str(EVENTS),
+            "--rate", str(LATENCY_EVENTS), "--latency-seconds", "1",
+            "--quix-commit-interval", "0.5", "--stall-seconds", "60",
+        ],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert any(line.startswith("contender") for line in lines)  # the table
+    summary = orjson.loads(lines[-1])
+    assert summary["events_produced"] == EVENTS
+    assert summary["environment"]["aiokafka_c_extension"] is True
+    results = summary["contenders"]
+    assert set(results) == {"raw", "worker", "worker_eos", "quix"}
+    for name, r in results.items():
+        if name == "worker_eos" and not r["available"]:
+            assert r["reason"]  # exactly-once may be refused; then it says why
+            continue
+        assert r["available"], (name, r.get("reason"))
+        assert r["events_in"] == r["events_out"] == EVENTS, name
+        assert r["exit_code"] == 0, name
+        assert r["transactional_outputs"] is (name == "worker_eos")
+        assert r["events_per_s"] > 0 and r["cpu_s"] >= 0 and r["peak_rss_mb"] > 0
+        assert r["rss_mb_at_10pct"] > 0 and r["rss_mb_at_end"] > 0
+        lat = r["latency"]
+        assert lat["sent"] == LATENCY_EVENTS and lat["outputs"] >= LATENCY_EVENTS
+        assert 0 < lat["timed"] <= lat["outputs"]  # malformed events carry no sent_ns
+        q = lat["receipt_ms"]
+        assert 0 <= q["p50"] <= q["p99"] <= q["p99.9"] <= q["max"]
+    assert results["raw"]["ratio_to_raw"] == 1.0
+    assert results["worker"]["ratio_to_raw"] > 0
+    assert [t["target"] for t in summary["targets"]][:1] == ["worker >= 0.85 x raw"]
