@@ -1,5 +1,5 @@
 """Fixtures shared by both tiers. One real Kafka broker per test session (integration tier):
-from KAFKA_BOOTSTRAP_SERVERS, a Docker engine, or a local process (see worker/broker.py).
+from KAFKA_BOOTSTRAP_SERVERS, a Docker engine, or a local process (see worker/broker/).
 Every test gets its own uuid-named topics and group, so tests share no state."""
 
 from __future__ import annotations

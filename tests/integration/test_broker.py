@@ -27,8 +27,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import UnknownTopicOrPartitionError
 
-from worker import broker as broker_mod
-from worker.broker import Broker, BrokerError, BrokerUnavailable, start_broker, throwaway_broker
+from worker.broker import (
+    KAFKA_VERSION,
+    Broker,
+    BrokerError,
+    BrokerUnavailable,
+    start_broker,
+    throwaway_broker,
+)
+from worker.broker.config import _docker_env_name
+from worker.broker.jars import _pom_kafka_version
+from worker.broker.local import _sweep_orphans
+from worker.broker.probe import _api_versions_ok
 
 pytestmark = pytest.mark.integration
 
@@ -275,7 +285,7 @@ def test_cli_sigterm_stops_java_and_cleans_up(tmp_path: Path) -> None:
         info = cli.read_info()
         assert info["source"] == "local"
         bootstrap = info["bootstrap_servers"]
-        assert broker_mod._api_versions_ok(*_host_port(bootstrap))
+        assert _api_versions_ok(*_host_port(bootstrap))
         java_pid, workdir = int(info["pid"]), Path(info["workdir"])
         assert _alive(java_pid) and workdir.is_dir()
         # topics are created on first use by default
@@ -300,7 +310,7 @@ def test_java_dies_with_its_parent(tmp_path: Path) -> None:
             cli.proc.wait(timeout=10)
             assert _wait_gone(java_pid, timeout=10), "JVM outlived its SIGKILLed parent"
             assert workdir.is_dir()  # nothing could clean up...
-            broker_mod._sweep_orphans()  # ...until the next local start
+            _sweep_orphans()  # ...until the next local start
             assert not workdir.exists()
         finally:
             if _alive(java_pid):
@@ -356,7 +366,7 @@ def test_env_source_starts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_pom_pins_the_module_version() -> None:
-    assert broker_mod._pom_kafka_version(REPO / "kafka" / "pom.xml") == broker_mod.KAFKA_VERSION
+    assert _pom_kafka_version(REPO / "kafka" / "pom.xml") == KAFKA_VERSION
 
 
 class _FakeContainer:
@@ -407,7 +417,7 @@ def test_docker_source_configures_apache_kafka_image(monkeypatch: pytest.MonkeyP
     assert "fake kafka log line" in "\n".join(caught.value.__notes__)
 
     (container,) = _FakeContainer.instances
-    assert container.image == f"apache/kafka:{broker_mod.KAFKA_VERSION}"
+    assert container.image == f"apache/kafka:{KAFKA_VERSION}"
     assert container.started and container.stopped
     env = container.env
     port = int(env["KAFKA_ADVERTISED_LISTENERS"].rpartition(":")[2])
@@ -419,6 +429,6 @@ def test_docker_source_configures_apache_kafka_image(monkeypatch: pytest.MonkeyP
     assert env["KAFKA_LOG_RETENTION_MS"] == "1000"
     assert env["CLUSTER_ID"] and env["KAFKA_HEAP_OPTS"]
     assert container.ports == {f"{port}/tcp": ("127.0.0.1", port)}  # loopback only
-    assert broker_mod._docker_env_name("listener.name.sasl_plaintext.scram-sha-256.x") == (
+    assert _docker_env_name("listener.name.sasl_plaintext.scram-sha-256.x") == (
         "KAFKA_LISTENER_NAME_SASL__PLAINTEXT_SCRAM___SHA___256_X"
     )
