@@ -34,36 +34,16 @@ def _configure_logs() -> None:
     # Failures reach the user as one line from the command; aiokafka's own log would repeat
     # them (and its retries) with timestamps.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    logging.getLogger("worker.connections").setLevel(logging.ERROR)  # retries: not news here
 
 
 async def reachable(kafka: Any) -> None:
     """Wait for the brokers as the worker does, up to ``kafka.connect_timeout_s``."""
-    import contextlib
-    import time
+    from worker.connections import make_admin, start_within
 
-    from aiokafka.errors import KafkaConnectionError
-
-    from worker.connections import FatalError, make_admin
-
-    deadline = time.monotonic() + kafka.connect_timeout_s
-    delay = 0.2
-    while True:
-        client = make_admin(kafka)
-        try:
-            await client.start()
-        except KafkaConnectionError as exc:
-            if time.monotonic() + delay > deadline:
-                raise FatalError(
-                    f"cannot reach Kafka at {kafka.bootstrap_servers} within "
-                    f"{kafka.connect_timeout_s:g}s: {exc}"
-                ) from None
-        else:
-            return
-        finally:
-            with contextlib.suppress(Exception):  # best effort, also after a failed start
-                await client.close()
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 2.0)
+    client = make_admin(kafka)
+    await start_within(client, kafka, "admin client")
+    await client.close()
 
 
 def _run_async(command: str, work: Callable[[], Coroutine[Any, Any, T]]) -> T | int:

@@ -123,7 +123,6 @@ class StopRequested(Exception):
 
 class _Client(Protocol):
     async def start(self) -> None: ...
-    async def stop(self) -> None: ...
 
 
 async def start_within(
@@ -169,5 +168,8 @@ async def start_within(
 
 
 async def _close(client: _Client) -> None:
+    # Consumers and producers stop(); the admin client close()s.
+    closer = getattr(client, "stop", None) or getattr(client, "close", None)
     with contextlib.suppress(Exception):  # closing a client that never started is best effort
-        await client.stop()
+        if closer is not None:
+            await closer()

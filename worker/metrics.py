@@ -31,7 +31,14 @@ from worker.settings import Settings
 DECISIONS: tuple[str, ...] = get_args(Kind)
 ESCALATION_REASONS: tuple[str, ...] = get_args(EscalationReason)
 # Decoding refusals (worker.events) and scoring refusals (worker.routing), then the catch-all.
-SCORING_REASONS = ("topic_labels_mismatch", "nan_logit", "pos_inf_logit", "no_finite_logit")
+# Refusals after decoding: by the core (routing.ScoringError) or when writing the output.
+SCORING_REASONS = (
+    "topic_labels_mismatch",
+    "nan_logit",
+    "pos_inf_logit",
+    "no_finite_logit",
+    "not_encodable",
+)
 OTHER_REASON = "other"
 DEAD_LETTER_REASONS: tuple[str, ...] = (*get_args(Reason), *SCORING_REASONS, OTHER_REASON)
 

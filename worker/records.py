@@ -123,11 +123,17 @@ class Router:
         }
         doc["config_version"] = self.config_version
         doc["worker_version"] = __version__
+        try:
+            value = orjson.dumps(doc)
+        except orjson.JSONEncodeError as exc:
+            # Decoding should refuse anything orjson cannot write back; should a case slip
+            # through, the record is dead-lettered rather than stopping the partition.
+            return self.dead_letter(rec, "not_encodable", exc)
         routed = routing.decision == "routed"
         return Outbound(
             self.outputs.routed if routed else self.outputs.escalated,
             rec.key,
-            orjson.dumps(doc),
+            value,
             list(rec.headers),
             routing.decision,
             routing.reason,

@@ -22,7 +22,8 @@ from worker.records import DLQ_PREFIX
 from worker.service import serve
 from worker.settings import Settings
 
-BIG = {"max.message.bytes": "8388608"}
+# Room for records of several MB (the test broker's default 1 MiB segments would refuse them).
+BIG = {"max.message.bytes": "8388608", "segment.bytes": "33554432"}
 
 
 def make_settings(bootstrap: str, uid: str, **overrides: Any) -> Settings:
