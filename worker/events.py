@@ -242,6 +242,9 @@ def _json_type(doc: object) -> str:
 FAST_MAX_BRACKETS = 64
 
 Routable = tuple[dict[str, Any], list[float], tuple[str, ...] | None]
+_FLOAT = {float}
+_FLOAT_OR_NULL = {float, type(None)}
+_STR = {str}
 
 
 def decode_routable(raw: bytes | None, *, max_bytes: int, max_classes: int) -> Routable:
@@ -279,21 +282,19 @@ def _plainly_valid(raw: bytes | None, max_bytes: int, max_classes: int) -> Routa
     logits = doc.get("logits")
     if type(logits) is not list or not 2 <= len(logits) <= max_classes:
         return None
-    values: list[float] = []
-    for x in logits:
-        if type(x) is float:
-            values.append(x)
-        elif x is None:
-            values.append(-math.inf)
-        else:
-            return None
+    kinds = set(map(type, logits))  # one pass in C, where a Python loop costs ~50 ns a logit
+    if kinds == _FLOAT:
+        values: list[float] = logits  # read, never written: the document stays as sent
+    elif kinds <= _FLOAT_OR_NULL:
+        values = [-math.inf if x is None else x for x in logits]
+    else:
+        return None
     labels = doc.get("labels")
     if labels is not None:
         if type(labels) is not list or len(labels) != len(logits):
             return None
-        for label in labels:
-            if type(label) is not str:
-                return None
+        if set(map(type, labels)) != _STR:
+            return None
         labels = tuple(labels)
     for name in ("model", "ts"):
         value = doc.get(name)
