@@ -129,8 +129,12 @@ async def run_contender(run: Run, c: Contender, rate: float | None) -> dict[str,
         out_ends = await measure.end_offsets(run.bootstrap, outputs.values())
         # The first contender (the worker) sets the load: half of its own rate.
         load = rate if rate is not None else result["events_per_s"] / 2
-        result["latency"] = await _latency(run, outputs, latency_inputs, load)
+        try:
+            result["latency"] = await _latency(run, outputs, latency_inputs, load)
+        except Unavailable as exc:
+            result["latency"] = {"error": str(exc)}
     except Unavailable as exc:
+        result["available"] = False
         result["reason"] = str(exc)
         return result
     finally:
@@ -228,6 +232,8 @@ async def _latency(
         achieved = await paced(run.bootstrap, inputs, rate, count, run.seed)
         line = await asyncio.wait_for(probe.stdout.readline(), timeout=deadline + 30)
         found: dict[str, Any] = orjson.loads(line)
+    except (TimeoutError, orjson.JSONDecodeError) as exc:
+        raise Unavailable(f"the latency probe gave no result: {type(exc).__name__}") from None
     finally:
         await _stop(probe)
     return {"rate": round(rate, 1), "achieved_rate": round(achieved, 1), "sent": count, **found}

@@ -20,6 +20,7 @@ from quixstreams.models.serializers import SerializationContext, Serializer
 from bench.spec import FirstConsumed, Spec
 
 WORKER_VERSION = "quix-bench"
+_NUMBER_OR_NULL = {float, int, type(None)}
 
 
 class Dead(NamedTuple):
@@ -43,15 +44,14 @@ def _check(doc: Any) -> str | None:
     logits = doc["logits"]
     if not isinstance(doc["id"], str) or not isinstance(logits, list):
         return "wrong_type"
-    for x in logits:
-        if x is not None and type(x) is not float and type(x) is not int:
-            return "wrong_type"
+    if not set(map(type, logits)) <= _NUMBER_OR_NULL:
+        return "wrong_type"
     if len(logits) < 2:
         return "too_few_classes"
     labels = doc.get("labels")
     if labels is not None and len(labels) != len(logits):
         return "labels_length_mismatch"
-    if all(x is None for x in logits):
+    if logits.count(None) == len(logits):
         return "no_finite_logit"
     return None
 
@@ -83,9 +83,11 @@ def make_scorer(policy: dict[str, Any], first: FirstConsumed) -> Any:
             math.log(total)
             + math.fsum(ei * -zi for ei, zi in zip(e, z, strict=True) if ei > 0.0) / total
         )
-        best = max(range(len(p)), key=p.__getitem__)
-        top1 = p[best]
-        top2 = max(p[i] for i in range(len(p)) if i != best)
+        top1 = max(p)
+        best = p.index(top1)  # the first maximum: the lowest index on a tie
+        others = p.copy()
+        others[best] = -1.0
+        top2 = max(others)
         margin = top1 - top2
         reason = None
         if margin < min_margin:

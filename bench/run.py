@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import orjson
+from aiokafka.errors import KafkaError
 
 from bench import measure, report
 from bench.contender import INPUT_CONFIG, Contender, Run, create_topics, run_contender
@@ -111,7 +112,8 @@ def build_parser() -> _Parser:
     p.add_argument(
         "--rate",
         type=_positive_float,
-        help="latency-phase load, events/s (default: half the worker's rate)",
+        help="latency-phase load, events/s (default: half the rate of the first contender, "
+        "the worker unless --only leaves it out)",
     )
     p.add_argument(
         "--latency-seconds",
@@ -190,7 +192,12 @@ async def _measure_all(args: argparse.Namespace, run: Run, env: dict[str, Any]) 
     for name in [n for n in CONTENDERS if n in args.only]:
         c = CONTENDERS[name]
         print(f"running {c.label} ...", flush=True)
-        results[name] = r = await run_contender(run, c, rate)
+        try:
+            r = await run_contender(run, c, rate)
+        except (KafkaError, TimeoutError, OSError) as exc:  # the broker, not the contender
+            r = {"name": name, "label": c.label, "available": False,
+                 "reason": f"{type(exc).__name__}: {exc}"}  # fmt: skip
+        results[name] = r
         line = (f"  {r['events_per_s']:,.0f} events/s, {r['cpu_us_per_event']} us CPU/event"
                 if r.get("available") else f"  not available: {r.get('reason')}")  # fmt: skip
         print(line, flush=True)
@@ -234,7 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.profile is not None:
         args.profile = args.profile.resolve()
-        args.profile.mkdir(parents=True, exist_ok=True)
+        try:
+            args.profile.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            sys.stderr.write(f"python -m bench: error: --profile {args.profile}: {exc.strerror}\n")
+            return 2
     logging.basicConfig(level=logging.WARNING, format="bench: %(levelname)s %(name)s: %(message)s")
     # A topic's first produce requests can meet a leader not elected yet; aiokafka retries
     # them and says so at WARNING. Not news here.
