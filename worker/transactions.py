@@ -31,11 +31,14 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
-from worker.connections import acknowledged, make_producer, start_within
+from worker.connections import FatalError, acknowledged, make_producer, start_within
 from worker.records import Outbound
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+STOP_TIMEOUT_S = 10.0
 
 
 def transactional_id(group_id: str, tp: TopicPartition) -> str:
@@ -93,11 +96,17 @@ class PartitionProducers:
 
     async def _stop(self, tp: TopicPartition) -> None:
         producer = self._producers.pop(tp, None)
-        if producer is not None:
-            try:
-                await producer.stop()
-            except KafkaError as exc:  # a fenced producer may complain on the way out
-                log.debug("stopping producer for %s: %s", tp, exc)
+        if producer is None:
+            return
+        # A producer whose transaction never ends (brokers gone) can hang in stop(); a
+        # rebalance or a shutdown must not hang with it.
+        stopping = asyncio.ensure_future(producer.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=STOP_TIMEOUT_S)
+        if not done:
+            stopping.cancel()
+            log.warning("producer for %s[%d] did not stop in time", tp.topic, tp.partition)
+        elif stopping.exception() is not None:  # a fenced producer may complain on the way out
+            log.debug("stopping producer for %s: %s", tp, stopping.exception())
 
     async def commit_batch(
         self, tp: TopicPartition, outputs: Sequence[Outbound], next_offset: int
@@ -107,15 +116,25 @@ class PartitionProducers:
         if producer is None:
             return Outcome.FENCED
         timeout = self.settings.processing.transaction_timeout_ms / 1000
+        # Not asyncio.wait_for: on timeout it waits for the cancelled transaction to unwind,
+        # and aiokafka's abort can wait forever for a coordinator that is gone.
+        task = asyncio.ensure_future(self._transaction(producer, tp, outputs, next_offset))
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            task.cancel()
+            raise FatalError(
+                f"the transaction for {tp.topic}[{tp.partition}] did not finish within "
+                f"{timeout:g}s; exiting so that a restart resumes from the committed offsets"
+            )
         try:
-            await asyncio.wait_for(self._transaction(producer, tp, outputs, next_offset), timeout)
+            task.result()
         except (ProducerFenced, TransactionalIdAuthorizationFailed, IllegalOperation) as exc:
             # IllegalOperation: the producer was fenced in the background (its transaction
             # state is fatal), so it refuses to send at all.
             log.warning("%s[%d] fenced, another worker owns it: %s", tp.topic, tp.partition, exc)
             await self._stop(tp)
             return Outcome.FENCED
-        except (KafkaError, TimeoutError) as exc:
+        except KafkaError as exc:
             # The transaction was aborted (by the context manager); the same producer goes on.
             # It is never re-initialised here: only an assignment from the group may do that,
             # or a zombie that had not yet noticed its eviction would fence the rightful owner.

@@ -9,7 +9,15 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.integration.helpers import kill_leftovers
+
 OUT = Path(__file__).parents[2] / "out"
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test() -> Iterator[None]:
+    yield
+    kill_leftovers()
 
 
 @pytest.fixture(scope="session")

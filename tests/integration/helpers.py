@@ -159,15 +159,29 @@ def write_config(settings: Settings, path: Path) -> Path:
     return path
 
 
+# Every worker process a test starts, so that teardown can kill what a failed test left.
+STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def kill_leftovers() -> None:
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
 def start_worker(config: Path) -> subprocess.Popen[bytes]:
     """``logit-router run`` as a real process; its log goes to ``<config>.log``."""
     log = config.with_suffix(".log").open("ab")
     try:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "worker", "run", "--config", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        STARTED.append(proc)
+        return proc
     finally:
         log.close()  # the child holds its own copy of the descriptor
 

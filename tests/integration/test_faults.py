@@ -51,7 +51,13 @@ def fault_settings(bootstrap: str, uid: str, guarantee: str, **kafka: Any) -> Se
         bootstrap,
         uid,
         kafka={**FAST_GROUP, **kafka},
-        processing={"guarantee": guarantee, "max_batch_records": 500},
+        # A transaction stuck on a broker that went away ends the worker after this long
+        # (exit 1, a restart resumes): 15 s rather than the default 60 s keeps the test short.
+        processing={
+            "guarantee": guarantee,
+            "max_batch_records": 500,
+            "transaction_timeout_ms": 15_000,
+        },
     )
 
 
@@ -62,7 +68,8 @@ async def publish(settings: Settings, total: int, seed: int = 0) -> None:
         await traffic.produce(settings.kafka.bootstrap_servers, topic, events)
 
 
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 45) -> int:
+    """Signal a worker and wait: within the drain bound (10 s) plus closing the clients."""
     if proc.poll() is None:
         proc.send_signal(sig)
     return proc.wait(timeout)
@@ -149,15 +156,18 @@ async def test_sigkill_the_broker_and_restart_it(
     config = write_config(settings, tmp_path / "w.toml")
     proc = start_worker(config)
     await wait_for_progress(settings, total // 4, timeout_s=120)
+    before, _ = await committed_total(settings)
     own_broker.kill()
     outage = time.monotonic()
     await asyncio.sleep(3)  # the outage itself: a fault parameter, not a race being papered over
     await asyncio.to_thread(own_broker.restart)
-    recovery = await recovered_after(settings, outage)
+    recovery: float | None = None
     restarts = 0
     deadline = time.monotonic() + 300
     while True:
         done, end = await committed_total(settings)
+        if recovery is None and done > before:
+            recovery = time.monotonic() - outage
         if done >= end:
             break
         if proc.poll() is not None:  # it gave up: it must say why, and a new one carries on
@@ -165,8 +175,9 @@ async def test_sigkill_the_broker_and_restart_it(
             assert "Traceback" not in worker_log(config)
             proc = start_worker(config)
             restarts += 1
-        assert time.monotonic() < deadline, f"stuck at {done}/{end}"
+        assert time.monotonic() < deadline, f"stuck at {done}/{end}: {worker_log(config)[-3000:]}"
         await asyncio.sleep(0.2)
+    assert recovery is not None
     assert stop(proc) == 0, worker_log(config)
     report = await audit(settings)
     faults = f"broker SIGKILL + restart, {restarts} worker restarts"
