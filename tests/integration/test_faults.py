@@ -178,7 +178,12 @@ async def test_sigkill_the_broker_and_restart_it(
         assert time.monotonic() < deadline, f"stuck at {done}/{end}: {worker_log(config)[-3000:]}"
         await asyncio.sleep(0.2)
     assert recovery is not None
-    assert stop(proc) == 0, worker_log(config)
+    # A transaction whose outcome the restart hid from the client cannot drain: exit 1, one
+    # line saying so, is right then (its offsets are safe: the checker below counts them).
+    code = stop(proc)
+    log = worker_log(config)
+    assert code == 0 or (code == 1 and "did not finish within" in log), log
+    assert "Traceback" not in log
     report = await audit(settings)
     faults = f"broker SIGKILL + restart, {restarts} worker restarts"
     reliability.append(row("SIGKILL broker", guarantee, report, faults, recovery))
