@@ -267,18 +267,23 @@ def test_a_changed_config_shows_exactly_the_expected_differences(
 
 
 async def live_state(settings: Settings) -> tuple[dict[Any, Any], dict[Any, int], list[Any]]:
-    """The live group's committed offsets, the end offsets of every live topic, all groups."""
+    """The live group's committed offsets, the end offsets of every live topic, and every
+    group that holds offsets on a live topic (other tests' groups come and go meanwhile)."""
+    o = settings.outputs
+    live = {*settings.topics, o.routed, o.escalated, o.dead_letter}
     client = make_admin(settings.kafka)
     await client.start()
     try:
         committed = await client.list_consumer_group_offsets(settings.kafka.group_id)
-        groups = sorted(g[0] for g in await client.list_consumer_groups())
+        groups = []
+        for group, *_rest in await client.list_consumer_groups():
+            offsets = await client.list_consumer_group_offsets(group)
+            if any(tp.topic in live for tp in offsets):
+                groups.append(group)
+        groups.sort()
     finally:
         await client.close()
-    o = settings.outputs
-    ends = await admin.end_offsets(
-        settings.kafka, [*settings.topics, o.routed, o.escalated, o.dead_letter]
-    )
+    ends = await admin.end_offsets(settings.kafka, sorted(live))
     return {tp: m.offset for tp, m in committed.items()}, ends, groups
 
 
