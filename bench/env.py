@@ -9,23 +9,7 @@ import platform
 import sys
 from typing import Any
 
-
-def aiokafka_c_extension() -> bool:
-    """True when aiokafka encodes and decodes record batches with its compiled extension.
-
-    ``aiokafka.util.NO_EXTENSIONS`` (set by ``AIOKAFKA_NO_EXTENSIONS``) forces the pure-Python
-    codec; a wheel without the ``_crecords`` modules falls back to it silently. Either way the
-    classes in use then live outside ``aiokafka.record._crecords``.
-    """
-    import aiokafka.util
-    from aiokafka.record import default_records, memory_records
-
-    compiled = "aiokafka.record._crecords"
-    return (
-        not aiokafka.util.NO_EXTENSIONS
-        and default_records.DefaultRecordBatchBuilder.__module__.startswith(compiled)
-        and memory_records.MemoryRecords.__module__.startswith(compiled)
-    )
+from worker.connections import aiokafka_c_extension
 
 
 def _version(dist: str) -> str | None:

@@ -25,6 +25,24 @@ class FatalError(Exception):
     """The worker cannot go on: a one-line reason for the operator, exit status 1."""
 
 
+def aiokafka_c_extension() -> bool:
+    """True when aiokafka encodes and decodes record batches with its compiled extension.
+
+    ``aiokafka.util.NO_EXTENSIONS`` (set by ``AIOKAFKA_NO_EXTENSIONS``) forces the pure-Python
+    codec; a wheel without the ``_crecords`` modules falls back to it silently. Either way the
+    classes in use then live outside ``aiokafka.record._crecords``.
+    """
+    import aiokafka.util
+    from aiokafka.record import default_records, memory_records
+
+    compiled = "aiokafka.record._crecords"
+    return (
+        not aiokafka.util.NO_EXTENSIONS
+        and default_records.DefaultRecordBatchBuilder.__module__.startswith(compiled)
+        and memory_records.MemoryRecords.__module__.startswith(compiled)
+    )
+
+
 def connection_options(kafka: KafkaSettings) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "bootstrap_servers": kafka.bootstrap_servers,

@@ -8,6 +8,7 @@ the exit. Containers send SIGTERM, and ``asyncio.run`` alone handles only SIGINT
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry
 
-from worker.connections import FatalError
+from worker.connections import FatalError, aiokafka_c_extension
 from worker.health import HealthServer
 from worker.metrics import Metrics
 from worker.pipeline import DrainTimeout, Worker
@@ -82,7 +83,19 @@ async def serve(
     return EXIT_OK
 
 
+def tune_gc() -> None:
+    """Fewer, later garbage collections: the start-up objects are frozen out of every scan and
+    the young generation may grow, since a batch makes many short-lived objects and no cycles
+    to speak of. Measured: 52.5 -> 47.6 us CPU per event (docs/performance.md)."""
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def run(settings: Settings, stop_requested: Callable[[], bool] = lambda: False) -> int:
+    tune_gc()
+    if not aiokafka_c_extension():
+        log.warning("aiokafka runs without its C extension: expect a much slower worker")
+
     async def main() -> int:
         stop = asyncio.Event()
         install_stop_handlers(stop)
