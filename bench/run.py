@@ -24,6 +24,7 @@ from bench.contender import INPUT_CONFIG, Contender, Run, create_topics, run_con
 from bench.env import environment
 from bench.load import prefill
 from bench.spec import WIDTHS
+from worker.cli import positive_int
 
 CONTENDERS = {
     c.name: c
@@ -43,16 +44,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(2)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -94,7 +85,7 @@ def build_parser() -> _Parser:
     p = _Parser(prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else None)
     size = p.add_mutually_exclusive_group()
     size.add_argument(
-        "--events", type=_positive_int, default=FULL, help="events to pre-fill (default 1,000,000)"
+        "--events", type=positive_int, default=FULL, help="events to pre-fill (default 1,000,000)"
     )
     size.add_argument(
         "--quick", action="store_const", const=QUICK, dest="events", help="100,000 events"
@@ -107,7 +98,7 @@ def build_parser() -> _Parser:
         help=f"comma-separated subset of {','.join(CONTENDERS)}",
     )
     p.add_argument(
-        "--partitions", type=_positive_int, default=3, help="partitions per topic (default 3)"
+        "--partitions", type=positive_int, default=3, help="partitions per topic (default 3)"
     )
     p.add_argument(
         "--rate",

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from worker.broker import Broker, throwaway_broker
+from worker.broker.probe import _recv_exact
 
 SCRAM_SHA_512 = 2  # the mechanism's id in AlterUserScramCredentials
 SCRAM_ITERATIONS = 4096  # Kafka's minimum for SCRAM-SHA-512
@@ -191,16 +192,6 @@ def _read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
         if not byte & 0x80:
             return value, pos
         shift += 7
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("broker closed the connection")
-        buf += chunk
-    return bytes(buf)
 
 
 def add_scram_user(host: str, port: int, user: str, password: str) -> None:
