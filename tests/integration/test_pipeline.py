@@ -177,10 +177,11 @@ async def test_one_worker_stops_half_way_another_finishes(
     check_order(outputs)
 
 
+@GUARANTEES
 async def test_sigterm_mid_stream_exits_0_and_loses_nothing(
-    bootstrap: str, uid: str, tmp_path: Path
+    bootstrap: str, uid: str, tmp_path: Path, guarantee: str
 ) -> None:
-    settings = make_settings(bootstrap, uid)
+    settings = make_settings(bootstrap, uid, processing={"guarantee": guarantee})
     await create_all(settings)
     config = write_config(settings, tmp_path / "w.toml")
     with start_worker(config) as proc:
@@ -215,7 +216,7 @@ async def test_sigterm_mid_stream_exits_0_and_loses_nothing(
     async with running_worker(settings):
         await wait_until_committed(settings)
     check_outputs(settings, await read_inputs(settings), await read_outputs(settings),
-                  exactly_once=False)  # fmt: skip
+                  exactly_once=guarantee == "exactly_once")  # fmt: skip
 
 
 def test_bad_config_exits_before_touching_kafka(tmp_path: Path) -> None:
