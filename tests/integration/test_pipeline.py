@@ -223,7 +223,6 @@ def test_bad_config_exits_before_touching_kafka(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     # Port 9 (discard) on loopback has no Kafka: if the worker tried, it would hang or say so.
     bad.write_text('[kafka]\nbootstrap_servers = "127.0.0.1:9"\n[topics."t"]\ntemperature = -2\n')
-    started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "worker", "run", "--config", str(bad)],
         capture_output=True, text=True, timeout=30,
@@ -232,7 +231,7 @@ def test_bad_config_exits_before_touching_kafka(tmp_path: Path) -> None:
     assert "topics.t.temperature = -2" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
-    assert time.monotonic() - started < 10
+    assert "Kafka" not in proc.stderr  # refused on the config alone, no connection attempted
 
 
 def test_unreachable_broker_is_fatal_with_a_clear_message(tmp_path: Path) -> None:
