@@ -10,9 +10,11 @@ docs/observability.md lists every metric with its unit and labels.
 from __future__ import annotations
 
 import time
+from collections import Counter as Tally
 from collections.abc import Iterable, Sequence
 from typing import get_args
 
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -24,6 +26,7 @@ from prometheus_client import (
 
 from worker import __version__
 from worker.events import Reason
+from worker.histograms import BatchHistogram
 from worker.records import Kind, Outbound
 from worker.routing import EscalationReason
 from worker.settings import Settings
@@ -77,17 +80,19 @@ class Metrics:
             p + "dead_letters_total", "Dead-lettered events, by input topic and reason.",
             ["topic", "reason"], registry=registry,
         )  # fmt: skip
-        self.margin = Histogram(
+        # Observed once per batch (worker.histograms): the per-event cost of the client's own
+        # Histogram was 12 % of the worker's CPU.
+        self.margin = BatchHistogram(
             p + "margin", "Confidence margin (top-1 minus top-2 probability) of scored events.",
-            ["topic"], buckets=UNIT_BUCKETS, registry=registry,
+            topics, UNIT_BUCKETS, registry,
         )  # fmt: skip
-        self.top1 = Histogram(
+        self.top1 = BatchHistogram(
             p + "top1_probability", "Top-1 probability of scored events.",
-            ["topic"], buckets=UNIT_BUCKETS, registry=registry,
+            topics, UNIT_BUCKETS, registry,
         )  # fmt: skip
-        self.entropy = Histogram(
+        self.entropy = BatchHistogram(
             p + "entropy_nats", "Entropy of the probabilities of scored events, in nats.",
-            ["topic"], buckets=ENTROPY_BUCKETS, registry=registry,
+            topics, ENTROPY_BUCKETS, registry,
         )  # fmt: skip
         self.batch_seconds = Histogram(
             p + "batch_duration_seconds", "Time to score, publish and commit one batch.",
@@ -97,10 +102,10 @@ class Metrics:
             p + "batch_records", "Records per processed batch.",
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000), registry=registry,
         )  # fmt: skip
-        self.latency = Histogram(
+        self.latency = BatchHistogram(
             p + "end_to_end_latency_seconds",
             "From the input record's timestamp to its output being acknowledged.",
-            ["topic"], buckets=LATENCY_BUCKETS, registry=registry,
+            topics, LATENCY_BUCKETS, registry,
         )  # fmt: skip
         self.produce_seconds = Histogram(
             p + "produce_ack_duration_seconds", "Time for a batch's outputs to be acknowledged.",
@@ -155,7 +160,7 @@ class Metrics:
             self.policy_min_margin.labels(topic).set(tp.min_margin)
             if tp.min_top1 is not None:
                 self.policy_min_top1.labels(topic).set(tp.min_top1)
-        # Every child up front (so it reads 0), kept by key: the per-event path is a dict lookup.
+        # Every child up front (so it reads 0), kept by key for the per-batch update.
         self._events = {(t, d): self.events.labels(t, d) for t in topics for d in DECISIONS}
         self._escalations = {
             (t, r): self.escalations.labels(t, r) for t in topics for r in ESCALATION_REASONS
@@ -163,30 +168,51 @@ class Metrics:
         self._dead_letters = {
             (t, r): self.dead_letters.labels(t, r) for t in topics for r in DEAD_LETTER_REASONS
         }
-        self._scores = {
-            t: (self.margin.labels(t), self.top1.labels(t), self.entropy.labels(t)) for t in topics
-        }
-        self._latency = {t: self.latency.labels(t) for t in topics}
 
     def record_outputs(self, outputs: Sequence[Outbound], acked_at: float | None = None) -> None:
-        """Count a batch whose outputs are acknowledged; observe scores and latency."""
-        now = time.time() if acked_at is None else acked_at
+        """Count a batch whose outputs are acknowledged; observe scores and latency.
+
+        One pass gathers the batch by topic, then every series is updated once per batch.
+        """
+        now_ms = 1000 * (time.time() if acked_at is None else acked_at)
+        decisions: Tally[tuple[str, str]] = Tally()
+        escalations: Tally[tuple[str, str]] = Tally()
+        dead: Tally[tuple[str, str]] = Tally()
+        scores: dict[str, tuple[list[float], list[float], list[float]]] = {}
+        stamps: dict[str, list[int]] = {}
         for o in outputs:
             topic = o.source_topic
-            self._events[topic, o.kind].inc()
+            decisions[topic, o.kind] += 1
             if o.kind == "dead_letter":
-                dead = self._dead_letters.get((topic, o.reason or OTHER_REASON))
-                (dead or self._dead_letters[topic, OTHER_REASON]).inc()
+                dead[topic, o.reason or OTHER_REASON] += 1
             elif o.routing is not None:
                 s = o.routing.scores
-                margin, top1, entropy = self._scores[topic]
-                margin.observe(s.margin)
-                top1.observe(s.top1)
-                entropy.observe(s.entropy)
+                lists = scores.get(topic)
+                if lists is None:
+                    lists = scores[topic] = ([], [], [])
+                lists[0].append(s.margin)
+                lists[1].append(s.top1)
+                lists[2].append(s.entropy)
                 if o.reason is not None:
-                    self._escalations[topic, o.reason].inc()
+                    escalations[topic, o.reason] += 1
             if o.source_timestamp > 0:
-                self._latency[topic].observe(max(0.0, now - o.source_timestamp / 1000))
+                stamps.setdefault(topic, []).append(o.source_timestamp)
+        for key, n in decisions.items():
+            self._events[key].inc(n)
+        for key, n in escalations.items():
+            self._escalations[key].inc(n)
+        for (topic, reason), n in dead.items():
+            child = (
+                self._dead_letters.get((topic, reason)) or self._dead_letters[topic, OTHER_REASON]
+            )
+            child.inc(n)
+        for topic, (margins, top1s, entropies) in scores.items():
+            self.margin.observe_many(topic, margins)
+            self.top1.observe_many(topic, top1s)
+            self.entropy.observe_many(topic, entropies)
+        for topic, ts in stamps.items():
+            waited_ms = now_ms - np.asarray(ts, dtype=np.float64)
+            self.latency.observe_many(topic, np.maximum(waited_ms, 0.0) / 1000)
 
     def set_assignment(self, partitions: Iterable[tuple[str, int]]) -> None:
         """A new assignment: lag series for exactly these partitions, each at 0 until measured."""
