@@ -2,7 +2,8 @@
 
 * ``raw``: the ceiling. aiokafka consume and produce, nothing else: ``getmany``, send every
   record unchanged to one topic, await every acknowledgement, commit, with the worker's own
-  client factories and tuning (``worker.connections``), so only the work in between differs.
+  client factories, tuning (``worker.connections``) and record-batch publishing
+  (``worker.publish``), so only the work in between differs.
 * ``worker``: this project's worker, ``worker.service.serve`` exactly as ``logit-router run``
   runs it (uvloop, signals, metrics), with the guarantee the spec names.
 * ``quix``: the Quix Streams application in ``bench.quix_app``.
@@ -50,7 +51,9 @@ def _watch_getmany(first: FirstConsumed) -> None:
 async def _raw(spec: Spec, stop: asyncio.Event) -> int:
     from aiokafka.structs import OffsetAndMetadata
 
-    from worker.connections import make_consumer, make_producer
+    from worker.connections import acknowledged, make_consumer, make_producer
+    from worker.publish import Publisher
+    from worker.records import Outbound
     from worker.settings import Settings
 
     settings = Settings(**worker_config(spec))
@@ -61,18 +64,19 @@ async def _raw(spec: Spec, stop: asyncio.Event) -> int:
     consumer = make_consumer(kafka, group_id=kafka.group_id)
     await producer.start()
     await consumer.start()
+    publisher = Publisher(producer, kafka.max_request_size)
     try:
         consumer.subscribe(sorted(settings.topics))
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=max_records)
             if not batches:
                 continue
-            futures = [
-                await producer.send(out, r.value, key=r.key, headers=list(r.headers))
+            outputs = [
+                Outbound(out, r.key, r.value, list(r.headers), "routed", None, "", 0, 0, 0, None)
                 for rs in batches.values()
                 for r in rs
             ]
-            await asyncio.gather(*futures)
+            await acknowledged(await publisher.send(outputs))
             await consumer.commit(
                 {tp: OffsetAndMetadata(rs[-1].offset + 1, "") for tp, rs in batches.items()}
             )

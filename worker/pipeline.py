@@ -4,8 +4,9 @@ Order of work for each batch, and why:
 
 1. ``getmany`` (bounded by ``max_batch_records``) returns records of several partitions.
 2. ``Router.process`` gives exactly one output per input: routed, escalated or dead-letter.
-3. Every output is handed to the idempotent producer in input order (one producer keeps
-   per-partition order), then all acknowledgements are awaited together: no per-message wait.
+3. The outputs go to the idempotent producer as record batches, one per output partition, in
+   input order (``worker.publish``); then all acknowledgements are awaited together: no
+   per-message wait.
 4. Only then are the input offsets committed, one commit per batch. A crash anywhere before
    the commit redelivers the batch; nothing is ever committed ahead of its outputs.
 
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
@@ -40,6 +41,7 @@ from worker.connections import (
     start_within,
 )
 from worker.metrics import Metrics
+from worker.publish import Publisher
 from worker.records import ConsumedRecord, Outbound, Router
 from worker.settings import Settings
 from worker.transactions import Outcome, PartitionProducers
@@ -88,11 +90,12 @@ class Worker:
     async def _run(self, stop: asyncio.Event) -> None:
         kafka = self.settings.kafka
         async with AsyncExitStack() as stack:
-            producer = None
+            publisher = None
             if self.txn is None:
                 producer = make_producer(kafka)
                 await start_within(producer, kafka, "producer", stop)
                 stack.push_async_callback(producer.stop)
+                publisher = Publisher(producer, kafka.max_request_size)
             else:
                 stack.push_async_callback(self.txn.close)
             consumer = make_consumer(kafka, group_id=kafka.group_id)
@@ -109,7 +112,7 @@ class Worker:
                 self.settings.processing.guarantee,
                 self.settings.config_version,
             )
-            await self._loop(consumer, producer, stop)
+            await self._loop(consumer, publisher, stop)
 
     async def _close_consumer(self, consumer: AIOKafkaConsumer) -> None:
         self.started = False
@@ -128,7 +131,7 @@ class Worker:
             raise FatalError(f"topics do not exist: {', '.join(missing)} (create them first)")
 
     async def _loop(
-        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer | None, stop: asyncio.Event
+        self, consumer: AIOKafkaConsumer, publisher: Publisher | None, stop: asyncio.Event
     ) -> None:
         processing = self.settings.processing
         while not stop.is_set():
@@ -138,13 +141,13 @@ class Worker:
             if not batches:
                 await self._update_lag(consumer)  # nothing fetched: records left waiting still show
                 continue
-            task = asyncio.create_task(self._handle(consumer, producer, batches))
+            task = asyncio.create_task(self._handle(consumer, publisher, batches))
             await _finish_within(task, stop, processing.drain_timeout_s)
 
     async def _handle(
         self,
         consumer: AIOKafkaConsumer,
-        producer: AIOKafkaProducer | None,
+        publisher: Publisher | None,
         batches: dict[TopicPartition, list[Any]],
     ) -> None:
         async with self._batch_lock:
@@ -158,8 +161,8 @@ class Worker:
                 return
             started = time.perf_counter()
             outputs = self.router.process(records)
-            if producer is not None:
-                await self._publish(producer, outputs)
+            if publisher is not None:
+                await self._publish(publisher, outputs)
                 acked = time.time()
                 await self._commit(consumer, batches, owned)
             elif self.txn is not None:
@@ -174,13 +177,10 @@ class Worker:
             self.processed += len(records)
             await self._update_lag(consumer)
 
-    async def _publish(self, producer: AIOKafkaProducer, outputs: Sequence[Outbound]) -> None:
+    async def _publish(self, publisher: Publisher, outputs: Sequence[Outbound]) -> None:
         started = time.perf_counter()
         try:
-            futures = [
-                await producer.send(o.topic, o.value, key=o.key, headers=o.headers) for o in outputs
-            ]
-            await acknowledged(futures)
+            await acknowledged(await publisher.send(outputs))
         except KafkaError as exc:
             raise FatalError(
                 f"publishing failed, offsets not committed: {type(exc).__name__}: {exc}"

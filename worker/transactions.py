@@ -32,6 +32,7 @@ from aiokafka.errors import (
 from aiokafka.structs import OffsetAndMetadata
 
 from worker.connections import FatalError, acknowledged, make_producer, start_within
+from worker.publish import Publisher
 from worker.records import Outbound
 from worker.settings import Settings
 
@@ -156,9 +157,7 @@ class PartitionProducers:
         next_offset: int,
     ) -> None:
         async with producer.transaction():
-            futures = [
-                await producer.send(o.topic, o.value, key=o.key, headers=o.headers) for o in outputs
-            ]
-            await acknowledged(futures)
+            publisher = Publisher(producer, self.settings.kafka.max_request_size)
+            await acknowledged(await publisher.send(outputs))
             offsets = {tp: OffsetAndMetadata(next_offset, "")}
             await producer.send_offsets_to_transaction(offsets, self.group_id)

@@ -1,0 +1,79 @@
+"""``worker.publish.Publisher`` on a real broker: the records land where ``producer.send`` would
+put them, in the same order, byte for byte, however many record batches they take."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from aiokafka.errors import MessageSizeTooLargeError
+
+from worker import admin
+from worker.connections import acknowledged, make_producer
+from worker.publish import Publisher
+from worker.records import Outbound
+from worker.settings import KafkaSettings
+
+pytestmark = pytest.mark.integration
+
+
+def outputs(topic: str, n: int) -> list[Outbound]:
+    rng = random.Random(5)
+    out = []
+    for i in range(n):
+        key = f"user-{rng.randrange(300)}".encode()
+        value = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 900)))
+        headers = [("trace", str(i).encode()), ("empty", b"")][: rng.randrange(3)]
+        out.append(Outbound(topic, key, value, headers, "routed", None, "in", 0, i, 0, None))
+    return out
+
+
+def placed(records: list[Any]) -> dict[int, list[tuple[Any, ...]]]:
+    """Per partition, the records in log order: key, value and headers."""
+    by_partition: dict[int, list[tuple[Any, ...]]] = {}
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        by_partition.setdefault(r.partition, []).append((r.key, r.value, list(r.headers)))
+    return by_partition
+
+
+async def test_batches_land_where_and_in_the_order_send_puts_them(bootstrap: str, uid: str) -> None:
+    # Small batches, so one partition's records of one call span many record batches.
+    kafka = KafkaSettings(bootstrap_servers=bootstrap, max_batch_size=2048)
+    ours, reference = f"publish-{uid}", f"send-{uid}"
+    await admin.create_topics(kafka, [ours, reference], partitions=5)
+    producer = make_producer(kafka)
+    await producer.start()
+    try:
+        sent = outputs(ours, 3000)
+        futures = await Publisher(producer, kafka.max_request_size).send(sent)
+        assert len(futures) > 5 * 2  # several batches per partition
+        await acknowledged(futures)
+        await acknowledged(
+            [
+                await producer.send(reference, o.value, key=o.key, headers=o.headers)
+                for o in outputs(reference, 3000)
+            ]
+        )
+    finally:
+        await producer.stop()
+    got, want = await admin.read_topic(kafka, ours), await admin.read_topic(kafka, reference)
+    assert len(got) == 3000
+    assert placed(got) == placed(want)
+    assert len(placed(got)) == 5
+
+
+async def test_an_output_over_max_request_size_is_refused_naming_the_topic(
+    bootstrap: str, uid: str
+) -> None:
+    kafka = KafkaSettings(bootstrap_servers=bootstrap, max_request_size=4096)
+    topic = f"publish-big-{uid}"
+    await admin.create_topics(kafka, [topic], partitions=1)
+    producer = make_producer(kafka)
+    await producer.start()
+    try:
+        big = Outbound(topic, b"k", b"x" * 5000, [], "routed", None, "in", 0, 0, 0, None)
+        with pytest.raises(MessageSizeTooLargeError, match=topic):
+            await Publisher(producer, kafka.max_request_size).send([big])
+    finally:
+        await producer.stop()
