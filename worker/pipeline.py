@@ -10,13 +10,21 @@ Order of work for each batch, and why:
 4. Only then are the input offsets committed, one commit per batch. A crash anywhere before
    the commit redelivers the batch; nothing is ever committed ahead of its outputs.
 
+Steps 3 and 4 of one batch overlap step 2 of the next: while batch N is acknowledged and
+committed (round trips to the broker, the CPU idle), batch N+1 is fetched and routed, in
+slices that let the event loop carry N's I/O. N+1 is sent only once N is committed, so the
+outputs of a partition keep their order and commits never go backwards; at most two batches
+are held at once. Clients built on librdkafka get this overlap from its I/O threads; here it
+is one asyncio task for the batch in flight.
+
 With ``processing.guarantee = "exactly_once"``, steps 3 and 4 become one Kafka transaction
 per input partition (see ``worker.transactions``): outputs and offsets commit together or not
 at all; an aborted batch is fetched again from its first offset.
 
-A rebalance waits for the batch in hand (``_batch_lock``) before partitions are given up, so
-finished work is committed by the owner that did it. On stop, fetching stops, the batch in hand
-is finished within ``processing.drain_timeout_s``, and the clients are closed.
+A rebalance waits for the batch in hand (``_batch_lock``) and the one in flight before
+partitions are given up, so finished work is committed by the owner that did it. On stop,
+fetching stops, both are finished within ``processing.drain_timeout_s`` each, and the clients
+are closed.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -49,6 +57,11 @@ from worker.transactions import Outcome, PartitionProducers
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_MS = 200  # how long one getmany may wait: also how fast a stop is noticed
+ROUTE_SLICE = 250  # records routed between two turns of the event loop
+
+# Acknowledging and committing a batch: its committed outputs, and the input partitions that
+# did not commit (exactly-once; they are fetched again).
+Settling = Coroutine[Any, Any, tuple[list[Outbound], set[TopicPartition]]]
 
 
 class DrainTimeout(Exception):
@@ -74,6 +87,11 @@ class Worker:
         # it was fetched before the last assignment re-positioned the partition and is already
         # in a committed transaction, ours or a previous owner's: it is skipped.
         self._next: dict[TopicPartition, int] = {}
+        # The batch whose outputs are being acknowledged and committed while the next one is
+        # routed, and the records fetched but not yet committed (for the lag).
+        self._in_flight: asyncio.Task[set[TopicPartition]] | None = None
+        self._in_flight_next: dict[TopicPartition, int] = {}  # its offsets, once committed
+        self._held: list[dict[TopicPartition, list[Any]]] = []
 
     @property
     def ready(self) -> bool:
@@ -134,70 +152,152 @@ class Worker:
         self, consumer: AIOKafkaConsumer, publisher: Publisher | None, stop: asyncio.Event
     ) -> None:
         processing = self.settings.processing
-        while not stop.is_set():
-            batches = await consumer.getmany(
-                timeout_ms=FETCH_TIMEOUT_MS, max_records=processing.max_batch_records
-            )
-            if not batches:
-                await self._update_lag(consumer)  # nothing fetched: records left waiting still show
-                continue
-            task = asyncio.create_task(self._handle(consumer, publisher, batches))
-            await _finish_within(task, stop, processing.drain_timeout_s)
+        try:
+            while not stop.is_set():
+                batches = await consumer.getmany(
+                    timeout_ms=FETCH_TIMEOUT_MS, max_records=processing.max_batch_records
+                )
+                if not batches:
+                    await self._settled()  # nothing to overlap with: finish the batch in flight
+                    await self._update_lag(consumer)
+                    continue
+                task = asyncio.create_task(self._step(consumer, publisher, batches))
+                await _finish_within(task, stop, processing.drain_timeout_s)
+            if self._in_flight is not None:
+                await _finish_within(self._in_flight, stop, processing.drain_timeout_s)
+                await self._settled()
+        finally:
+            if self._in_flight is not None and not self._in_flight.done():
+                self._in_flight.cancel()  # failing: its offsets stay uncommitted
+                await asyncio.gather(self._in_flight, return_exceptions=True)
 
-    async def _handle(
+    async def _step(
         self,
         consumer: AIOKafkaConsumer,
         publisher: Publisher | None,
         batches: dict[TopicPartition, list[Any]],
     ) -> None:
+        """Route a fetched batch while the previous one settles, then hand it over to settle."""
         async with self._batch_lock:
             owned = consumer.assignment()
             if self.txn is not None:
                 batches = self._unprocessed(batches)
-            records: list[ConsumedRecord] = [
-                r for tp, rs in batches.items() if tp in owned for r in rs
-            ]
-            if not records:
+            batches = {tp: rs for tp, rs in batches.items() if tp in owned and rs}
+            if not batches:
                 return
             started = time.perf_counter()
-            outputs = self.router.process(records)
-            if publisher is not None:
-                await self._publish(publisher, outputs)
-                acked = time.time()
-                await self._commit(consumer, batches, owned)
-            elif self.txn is not None:
-                outputs = await self._transact(self.txn, consumer, batches, outputs)
-                acked = time.time()
-            else:  # pragma: no cover - run() always provides one of the two
-                raise FatalError("no producer configured")
-            self.metrics.record_outputs(outputs, acked)
-            self.metrics.batch_records.observe(len(records))
-            self.metrics.batch_seconds.observe(time.perf_counter() - started)
-            self.metrics.last_processed.set(time.time())
-            self.processed += len(records)
-            await self._update_lag(consumer)
+            self._held.append(batches)
+            try:
+                settling = await self._stage(consumer, publisher, batches)
+            except BaseException:
+                self._release(batches)
+                raise
+            self._in_flight = asyncio.create_task(
+                self._settle(consumer, settling, batches, started)
+            )
+            self._in_flight_next = {tp: rs[-1].offset + 1 for tp, rs in batches.items()}
 
-    async def _publish(self, publisher: Publisher, outputs: Sequence[Outbound]) -> None:
-        started = time.perf_counter()
+    async def _stage(
+        self,
+        consumer: AIOKafkaConsumer,
+        publisher: Publisher | None,
+        batches: dict[TopicPartition, list[Any]],
+    ) -> Settling:
+        """Route the batch, wait for the previous one to settle, send; return its settling."""
+        outputs = await self._route([r for rs in batches.values() for r in rs])
+        # The previous batch must be settled before this one is sent: its outputs go first
+        # and its offsets are committed first. (Exactly-once: a partition whose transaction
+        # did not commit is fetched again from its first offset, so what this batch holds of
+        # it is dropped.)
+        unsettled = await self._settled()
+        if unsettled:
+            for tp in unsettled:
+                batches.pop(tp, None)  # in place: it is the batch registered in ``_held``
+            outputs = [o for o in outputs if _source(o) not in unsettled]
+        if publisher is not None:
+            sent = time.perf_counter()
+            futures = await self._send(publisher, outputs)
+            return self._settle_published(consumer, futures, batches, outputs, sent)
+        if self.txn is not None:
+            return self._transact(self.txn, consumer, batches, outputs)
+        raise FatalError("no producer configured")  # pragma: no cover - run() gives one
+
+    async def _route(self, records: list[ConsumedRecord]) -> list[Outbound]:
+        """``Router.process`` in slices, letting the event loop run between them: the previous
+        batch's acknowledgements and commit need the loop to make progress. (An output depends
+        only on its record, not on the records routed beside it.)"""
+        outputs: list[Outbound] = []
+        for start in range(0, len(records), ROUTE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            outputs += self.router.process(records[start : start + ROUTE_SLICE])
+        return outputs
+
+    async def _settled(self) -> set[TopicPartition]:
+        """Wait for the batch in flight to settle; return the input partitions whose outputs
+        did not commit with it (exactly-once only). Raise what made it fail."""
+        task, self._in_flight = self._in_flight, None
+        self._in_flight_next = {}
+        if task is None:
+            return set()
+        return await task
+
+    async def _settle(
+        self,
+        consumer: AIOKafkaConsumer,
+        settling: Settling,
+        batches: dict[TopicPartition, list[Any]],
+        started: float,
+    ) -> set[TopicPartition]:
         try:
-            await acknowledged(await publisher.send(outputs))
+            committed, unsettled = await settling
+        finally:
+            self._release(batches)
+        acked = time.time()
+        self.metrics.record_outputs(committed, acked)
+        self.metrics.batch_records.observe(sum(len(rs) for rs in batches.values()))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.last_processed.set(acked)
+        self.processed += len(committed)
+        await self._update_lag(consumer)
+        return unsettled
+
+    def _release(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        self._held = [b for b in self._held if b is not batches]  # by identity
+
+    async def _send(self, publisher: Publisher, outputs: Sequence[Outbound]) -> list[Any]:
+        try:
+            return await publisher.send(outputs)
         except KafkaError as exc:
             raise FatalError(
                 f"publishing failed, offsets not committed: {type(exc).__name__}: {exc}"
             ) from None
-        self.metrics.produce_seconds.observe(time.perf_counter() - started)
 
-    async def _commit(
+    async def _settle_published(
         self,
         consumer: AIOKafkaConsumer,
+        futures: list[Any],
         batches: dict[TopicPartition, list[Any]],
-        owned: set[TopicPartition],
+        outputs: list[Outbound],
+        sent: float,
+    ) -> tuple[list[Outbound], set[TopicPartition]]:
+        """At-least-once: every output acknowledged, then one commit of the batch's offsets."""
+        try:
+            await acknowledged(futures)
+        except KafkaError as exc:
+            raise FatalError(
+                f"publishing failed, offsets not committed: {type(exc).__name__}: {exc}"
+            ) from None
+        self.metrics.produce_seconds.observe(time.perf_counter() - sent)
+        await self._commit(consumer, batches)
+        return outputs, set()
+
+    async def _commit(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Any]]
     ) -> None:
-        offsets = {
-            tp: OffsetAndMetadata(rs[-1].offset + 1, "")
-            for tp, rs in batches.items()
-            if tp in owned and rs
-        }
+        offsets = {tp: OffsetAndMetadata(rs[-1].offset + 1, "") for tp, rs in batches.items()}
+        if not offsets:
+            return
         started = time.perf_counter()
         try:
             await consumer.commit(offsets)
@@ -214,8 +314,9 @@ class Worker:
         consumer: AIOKafkaConsumer,
         batches: dict[TopicPartition, list[Any]],
         outputs: list[Outbound],
-    ) -> list[Outbound]:
-        """One transaction per partition, run side by side; return the committed outputs."""
+    ) -> tuple[list[Outbound], set[TopicPartition]]:
+        """Exactly-once: one transaction per partition, run side by side; return the
+        committed outputs and the partitions that did not commit."""
         owned = consumer.assignment()
         by_tp: dict[TopicPartition, list[Outbound]] = {}
         for o in outputs:  # outputs follow the records, so each list keeps input order
@@ -225,17 +326,20 @@ class Worker:
             *(txn.commit_batch(tp, by_tp[tp], batches[tp][-1].offset + 1) for tp in tps)
         )
         committed: list[Outbound] = []
+        unsettled = {tp for tp in batches if tp not in tps}
         for tp, outcome in zip(tps, results, strict=True):
             if outcome == Outcome.COMMITTED:
                 committed.extend(by_tp[tp])
                 self._next[tp] = batches[tp][-1].offset + 1
-            elif outcome == Outcome.ABORTED:
+                continue
+            unsettled.add(tp)
+            if outcome == Outcome.ABORTED:
                 consumer.seek(tp, batches[tp][0].offset)  # fetch the batch again
             else:
                 self._next.pop(tp, None)  # fenced: the group will move it; stop reading it
                 consumer.pause(tp)
-        await self._back_off(failed=len(committed) < sum(len(by_tp[tp]) for tp in tps))
-        return committed
+        await self._back_off(failed=bool(unsettled))
+        return committed, unsettled
 
     def _unprocessed(
         self, batches: dict[TopicPartition, list[Any]]
@@ -245,6 +349,10 @@ class Worker:
             start = self._next.get(tp)
             if start is None:
                 continue  # not (or no longer) ours
+            # The batch in flight commits up to here, or its partition is fetched again (and
+            # what this batch holds of it is dropped once it settles): either way, records
+            # below are not to be processed now.
+            start = max(start, self._in_flight_next.get(tp, start))
             kept = [r for r in rs if r.offset >= start]
             if kept:
                 fresh[tp] = kept
@@ -267,7 +375,8 @@ class Worker:
 
     async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
         """Lag of every assigned partition, whether or not this batch had records of it: the
-        end last seen in a fetch (highwater) minus the next offset to process (position)."""
+        end last seen in a fetch (highwater) minus the next offset to fetch (position), plus
+        the records fetched and not yet committed: the records not yet processed."""
         ends = {tp: consumer.highwater(tp) for tp in consumer.assignment()}
         for tp, end in ends.items():
             if end is None:
@@ -277,7 +386,8 @@ class Worker:
                     position = await consumer.position(tp)
             except (TimeoutError, IllegalStateError):
                 continue  # measured again after the next poll
-            self.metrics.set_lag(tp.topic, tp.partition, end - position)
+            held = sum(len(batch.get(tp, ())) for batch in self._held)
+            self.metrics.set_lag(tp.topic, tp.partition, end - position + held)
 
     def _assigned(self, assigned: set[TopicPartition]) -> None:
         self.assignment = frozenset(assigned)
@@ -291,8 +401,11 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # Wait for the batch in hand: it is committed before the partitions are given up.
+        # Wait for the batch in hand and the one in flight: they are committed before the
+        # partitions are given up. (The loop collects the in-flight batch's outcome.)
         async with self.worker._batch_lock:
+            if self.worker._in_flight is not None:
+                await asyncio.wait({self.worker._in_flight})
             self.worker.assignment = frozenset()
             if self.worker.txn is not None:
                 await self.worker.txn.revoke(revoked)
@@ -311,7 +424,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             self.worker._assigned(assigned)
 
 
-async def _finish_within(task: asyncio.Task[None], stop: asyncio.Event, bound_s: float) -> None:
+async def _finish_within(task: asyncio.Task[Any], stop: asyncio.Event, bound_s: float) -> None:
     """Await the batch; once a stop is asked for, give it at most ``bound_s`` more seconds."""
     stopping = asyncio.create_task(stop.wait())
     try:
@@ -328,6 +441,10 @@ async def _finish_within(task: asyncio.Task[None], stop: asyncio.Event, bound_s:
                 "its offsets stay uncommitted and will be redelivered"
             )
     task.result()
+
+
+def _source(o: Outbound) -> TopicPartition:
+    return TopicPartition(o.source_topic, o.source_partition)
 
 
 def _tps(tps: set[TopicPartition]) -> str:

@@ -148,6 +148,31 @@ async def test_10000_mixed_events_each_end_in_exactly_one_output(
     assert {"not_json", "non_finite_number", "wrong_type", "not_utf8"} <= reasons
 
 
+async def test_exactly_once_from_a_cold_start_processes_each_input_once(
+    bootstrap: str, uid: str
+) -> None:
+    """Full-size batches over nine partitions, so that the first fetch returns records before
+    the assignment re-positions the partitions (fetched again) while the first batch is still
+    committing: each input must still be in exactly one committed output."""
+    wide = {f"wide-{uid}": {"temperature": 1.0, "min_margin": 0.1}}
+    settings = make_settings(
+        bootstrap,
+        uid,
+        topics=wide,
+        processing={"guarantee": "exactly_once", "max_batch_records": 1000},
+    )
+    await create_all(settings)
+    sent = 0
+    for topic, classes in zip(sorted(settings.topics), (100, 2, 3), strict=True):
+        events = traffic.synthetic(700, seed=1, classes=classes, malformed_rate=0.02)
+        sent += await traffic.produce(bootstrap, topic, events)
+    async with running_worker(settings):
+        await wait_until_committed(settings)
+    inputs = await read_inputs(settings)
+    assert len(inputs) == sent == 2100
+    check_outputs(settings, inputs, await read_outputs(settings), exactly_once=True)
+
+
 @GUARANTEES
 async def test_one_worker_stops_half_way_another_finishes(
     bootstrap: str, uid: str, guarantee: str
