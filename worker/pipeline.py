@@ -10,21 +10,23 @@ Order of work for each batch, and why:
 4. Only then are the input offsets committed, one commit per batch. A crash anywhere before
    the commit redelivers the batch; nothing is ever committed ahead of its outputs.
 
-Steps 3 and 4 of one batch overlap step 2 of the next: while batch N is acknowledged and
-committed (round trips to the broker, the CPU idle), batch N+1 is fetched and routed, in
-slices that let the event loop carry N's I/O. N+1 is sent only once N is committed, so the
-outputs of a partition keep their order and commits never go backwards; at most two batches
-are held at once. Clients built on librdkafka get this overlap from its I/O threads; here it
-is one asyncio task for the batch in flight.
+Batches overlap: while batch N is acknowledged and committed (round trips to the broker, the
+CPU idle), batch N+1 is fetched and routed, in slices that let the event loop carry N's I/O,
+and sent at once: one producer keeps each partition's order. Commits are chained: N+1's
+offsets are committed only after N's, and not at all if N failed, so commits never go
+backwards or past a failed batch. At most ``MAX_IN_FLIGHT`` batches are unsettled. (Clients
+built on librdkafka get this overlap from its I/O threads; here it is an asyncio task per
+batch in flight.)
 
 With ``processing.guarantee = "exactly_once"``, steps 3 and 4 become one Kafka transaction
 per input partition (see ``worker.transactions``): outputs and offsets commit together or not
-at all; an aborted batch is fetched again from its first offset.
+at all; an aborted batch is fetched again from its first offset. A partition's transactions
+run one at a time, so the next batch is routed while one is in flight and sent after it.
 
-A rebalance waits for the batch in hand (``_batch_lock``) and the one in flight before
+A rebalance waits for the batch in hand (``_batch_lock``) and those in flight before
 partitions are given up, so finished work is committed by the owner that did it. On stop,
-fetching stops, both are finished within ``processing.drain_timeout_s`` each, and the clients
-are closed.
+fetching stops, all of them are finished within ``processing.drain_timeout_s`` (one bound for
+the lot), and the clients are closed.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import logging
 import time
 from collections.abc import Coroutine, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -58,6 +60,14 @@ log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_MS = 200  # how long one getmany may wait: also how fast a stop is noticed
 ROUTE_SLICE = 250  # records routed between two turns of the event loop
+
+MAX_IN_FLIGHT = 2  # batches sent and not yet committed (at-least-once)
+
+
+class InFlight(NamedTuple):
+    task: asyncio.Task[set[TopicPartition]]
+    batches: dict[TopicPartition, list[Any]]
+
 
 # Acknowledging and committing a batch: its committed outputs, and the input partitions that
 # did not commit (exactly-once; they are fetched again).
@@ -87,10 +97,9 @@ class Worker:
         # it was fetched before the last assignment re-positioned the partition and is already
         # in a committed transaction, ours or a previous owner's: it is skipped.
         self._next: dict[TopicPartition, int] = {}
-        # The batch whose outputs are being acknowledged and committed while the next one is
-        # routed, and the records fetched but not yet committed (for the lag).
-        self._in_flight: asyncio.Task[set[TopicPartition]] | None = None
-        self._in_flight_next: dict[TopicPartition, int] = {}  # its offsets, once committed
+        # Batches sent and not yet settled, oldest first (at most MAX_IN_FLIGHT); and every
+        # batch fetched and not yet committed, the one being routed included (for the lag).
+        self._in_flight: list[InFlight] = []
         self._held: list[dict[TopicPartition, list[Any]]] = []
 
     @property
@@ -152,6 +161,7 @@ class Worker:
         self, consumer: AIOKafkaConsumer, publisher: Publisher | None, stop: asyncio.Event
     ) -> None:
         processing = self.settings.processing
+        drain = _Drain(processing.drain_timeout_s)
         try:
             while not stop.is_set():
                 batches = await consumer.getmany(
@@ -162,14 +172,14 @@ class Worker:
                     await self._update_lag(consumer)
                     continue
                 task = asyncio.create_task(self._step(consumer, publisher, batches))
-                await _finish_within(task, stop, processing.drain_timeout_s)
-            if self._in_flight is not None:
-                await _finish_within(self._in_flight, stop, processing.drain_timeout_s)
-                await self._settled()
+                await _finish_within(task, stop, drain)
+            for settling, _ in self._in_flight:
+                await _finish_within(settling, stop, drain)
+            await self._settled()
         finally:
-            if self._in_flight is not None and not self._in_flight.done():
-                self._in_flight.cancel()  # failing: its offsets stay uncommitted
-                await asyncio.gather(self._in_flight, return_exceptions=True)
+            for settling, _ in self._in_flight:
+                settling.cancel()  # failing: their offsets stay uncommitted
+            await asyncio.gather(*(t for t, _ in self._in_flight), return_exceptions=True)
 
     async def _step(
         self,
@@ -192,10 +202,8 @@ class Worker:
             except BaseException:
                 self._release(batches)
                 raise
-            self._in_flight = asyncio.create_task(
-                self._settle(consumer, settling, batches, started)
-            )
-            self._in_flight_next = {tp: rs[-1].offset + 1 for tp, rs in batches.items()}
+            task = asyncio.create_task(self._settle(consumer, settling, batches, started))
+            self._in_flight.append(InFlight(task, batches))
 
     async def _stage(
         self,
@@ -205,20 +213,22 @@ class Worker:
     ) -> Settling:
         """Route the batch, wait for the previous one to settle, send; return its settling."""
         outputs = await self._route([r for rs in batches.values() for r in rs])
-        # The previous batch must be settled before this one is sent: its outputs go first
-        # and its offsets are committed first. (Exactly-once: a partition whose transaction
-        # did not commit is fetched again from its first offset, so what this batch holds of
-        # it is dropped.)
-        unsettled = await self._settled()
-        if unsettled:
+        if publisher is not None:
+            # At-least-once: send at once (one producer keeps each partition's order), with at
+            # most MAX_IN_FLIGHT batches unsettled; the commits are chained in batch order.
+            await self._settled(keep=MAX_IN_FLIGHT - 1)
+            previous = self._in_flight[-1].task if self._in_flight else None
+            sent = time.perf_counter()
+            futures = await self._send(publisher, outputs)
+            return self._settle_published(consumer, futures, batches, outputs, sent, previous)
+        if self.txn is not None:
+            # Exactly-once: a partition's transactions run one at a time, so everything in
+            # flight settles first. A partition whose transaction did not commit is fetched
+            # again from its first offset, so what this batch holds of it is dropped.
+            unsettled = await self._settled()
             for tp in unsettled:
                 batches.pop(tp, None)  # in place: it is the batch registered in ``_held``
             outputs = [o for o in outputs if _source(o) not in unsettled]
-        if publisher is not None:
-            sent = time.perf_counter()
-            futures = await self._send(publisher, outputs)
-            return self._settle_published(consumer, futures, batches, outputs, sent)
-        if self.txn is not None:
             return self._transact(self.txn, consumer, batches, outputs)
         raise FatalError("no producer configured")  # pragma: no cover - run() gives one
 
@@ -233,14 +243,15 @@ class Worker:
             outputs += self.router.process(records[start : start + ROUTE_SLICE])
         return outputs
 
-    async def _settled(self) -> set[TopicPartition]:
-        """Wait for the batch in flight to settle; return the input partitions whose outputs
-        did not commit with it (exactly-once only). Raise what made it fail."""
-        task, self._in_flight = self._in_flight, None
-        self._in_flight_next = {}
-        if task is None:
-            return set()
-        return await task
+    async def _settled(self, keep: int = 0) -> set[TopicPartition]:
+        """Wait for the oldest batches in flight to settle until ``keep`` are left; return
+        the input partitions whose outputs did not commit (exactly-once only). Raise what made
+        one fail."""
+        unsettled: set[TopicPartition] = set()
+        while len(self._in_flight) > keep:
+            task, _ = self._in_flight.pop(0)
+            unsettled |= await task
+        return unsettled
 
     async def _settle(
         self,
@@ -280,8 +291,11 @@ class Worker:
         batches: dict[TopicPartition, list[Any]],
         outputs: list[Outbound],
         sent: float,
+        previous: asyncio.Task[set[TopicPartition]] | None,
     ) -> tuple[list[Outbound], set[TopicPartition]]:
-        """At-least-once: every output acknowledged, then one commit of the batch's offsets."""
+        """At-least-once: every output acknowledged, the previous batch committed, then one
+        commit of this batch's offsets. Should the previous batch fail, this one is not
+        committed either: its offsets would cover the failed one's."""
         try:
             await acknowledged(futures)
         except KafkaError as exc:
@@ -289,6 +303,8 @@ class Worker:
                 f"publishing failed, offsets not committed: {type(exc).__name__}: {exc}"
             ) from None
         self.metrics.produce_seconds.observe(time.perf_counter() - sent)
+        if previous is not None:
+            await previous  # its failure is this batch's too (the loop reports it once)
         await self._commit(consumer, batches)
         return outputs, set()
 
@@ -352,7 +368,9 @@ class Worker:
             # The batch in flight commits up to here, or its partition is fetched again (and
             # what this batch holds of it is dropped once it settles): either way, records
             # below are not to be processed now.
-            start = max(start, self._in_flight_next.get(tp, start))
+            for _, held in self._in_flight:
+                if tp in held:
+                    start = max(start, held[tp][-1].offset + 1)
             kept = [r for r in rs if r.offset >= start]
             if kept:
                 fresh[tp] = kept
@@ -404,8 +422,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         # Wait for the batch in hand and the one in flight: they are committed before the
         # partitions are given up. (The loop collects the in-flight batch's outcome.)
         async with self.worker._batch_lock:
-            if self.worker._in_flight is not None:
-                await asyncio.wait({self.worker._in_flight})
+            if self.worker._in_flight:
+                await asyncio.wait({task for task, _ in self.worker._in_flight})
             self.worker.assignment = frozenset()
             if self.worker.txn is not None:
                 await self.worker.txn.revoke(revoked)
@@ -424,21 +442,36 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
             self.worker._assigned(assigned)
 
 
-async def _finish_within(task: asyncio.Task[Any], stop: asyncio.Event, bound_s: float) -> None:
-    """Await the batch; once a stop is asked for, give it at most ``bound_s`` more seconds."""
+class _Drain:
+    """One bound for the whole drain: from the moment a stop is seen, the batch in hand and
+    those in flight share ``bound_s`` seconds."""
+
+    def __init__(self, bound_s: float) -> None:
+        self.bound_s = bound_s
+        self._deadline: float | None = None
+
+    def remaining(self) -> float:
+        now = time.monotonic()
+        if self._deadline is None:
+            self._deadline = now + self.bound_s
+        return max(0.0, self._deadline - now)
+
+
+async def _finish_within(task: asyncio.Task[Any], stop: asyncio.Event, drain: _Drain) -> None:
+    """Await a batch; once a stop is asked for, give it what is left of the drain bound."""
     stopping = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopping.cancel()
     if not task.done():
-        done, _ = await asyncio.wait({task}, timeout=bound_s)
+        done, _ = await asyncio.wait({task}, timeout=drain.remaining())
         if not done:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             raise DrainTimeout(
-                f"the batch in hand did not finish within {bound_s:g}s; "
-                "its offsets stay uncommitted and will be redelivered"
+                f"the batches in hand did not finish within {drain.bound_s:g}s; "
+                "their offsets stay uncommitted and will be redelivered"
             )
     task.result()
 
