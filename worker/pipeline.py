@@ -168,7 +168,8 @@ class Worker:
                     timeout_ms=FETCH_TIMEOUT_MS, max_records=processing.max_batch_records
                 )
                 if not batches:
-                    await self._settled()  # nothing to overlap with: finish the batch in flight
+                    # Nothing to overlap with: finish what is in flight (a stop bounds it).
+                    await _finish_within(asyncio.create_task(self._settled()), stop, drain)
                     await self._update_lag(consumer)
                     continue
                 task = asyncio.create_task(self._step(consumer, publisher, batches))
