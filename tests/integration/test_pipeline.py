@@ -181,7 +181,9 @@ async def test_one_worker_stops_half_way_another_finishes(
         bootstrap, uid, processing={"max_batch_records": 50, "guarantee": guarantee}
     )
     await create_all(settings)
-    await publish_mixed(settings, 3_000)
+    # Enough that the first worker is stopped with work left: each poll of the commits below
+    # takes a few hundred ms, during which the worker goes on.
+    await publish_mixed(settings, 10_000)
     async with running_worker(settings):
         # Stop once some, but not all, of the work is committed.
         ends = await admin.end_offsets(settings.kafka, settings.topics)
