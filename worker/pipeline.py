@@ -227,8 +227,15 @@ class Worker:
             # flight settles first. A partition whose transaction did not commit is fetched
             # again from its first offset, so what this batch holds of it is dropped.
             unsettled = await self._settled()
+            owned = consumer.assignment()
             for tp in unsettled:
                 batches.pop(tp, None)  # in place: it is the batch registered in ``_held``
+                start = self._next.get(tp)
+                if start is not None and tp in owned:
+                    # What was fetched of it since may lie past records never committed
+                    # (an abort's seek, or a re-assignment, came between): fetch it again
+                    # from its first uncommitted offset, or those records would be skipped.
+                    consumer.seek(tp, start)
             outputs = [o for o in outputs if _source(o) not in unsettled]
             return self._transact(self.txn, consumer, batches, outputs)
         raise FatalError("no producer configured")  # pragma: no cover - run() gives one
