@@ -212,7 +212,8 @@ class Worker:
         publisher: Publisher | None,
         batches: dict[TopicPartition, list[Any]],
     ) -> Settling:
-        """Route the batch, wait for the previous one to settle, send; return its settling."""
+        """Route the batch, wait for what must settle before it is sent, send it (exactly-once:
+        start its transactions); return what settles it."""
         outputs = await self._route([r for rs in batches.values() for r in rs])
         if publisher is not None:
             # At-least-once: send at once (one producer keeps each partition's order), with at
