@@ -53,6 +53,7 @@ class Run:
     stall_s: float
     profile_dir: Path | None
     seed: int
+    samples_dir: Path | None = None  # --latency-samples: the probe writes NAME.txt there
     created: list[str] = field(default_factory=list)
 
 
@@ -130,7 +131,7 @@ async def run_contender(run: Run, c: Contender, rate: float | None) -> dict[str,
         # The first contender (the worker) sets the load: half of its own rate.
         load = rate if rate is not None else result["events_per_s"] / 2
         try:
-            result["latency"] = await _latency(run, outputs, latency_inputs, load)
+            result["latency"] = await _latency(run, c.name, outputs, latency_inputs, load)
         except Unavailable as exc:
             result["latency"] = {"error": str(exc)}
     except Unavailable as exc:
@@ -215,12 +216,13 @@ async def _throughput(
 
 
 async def _latency(
-    run: Run, outputs: dict[str, str], inputs: dict[str, int], rate: float
+    run: Run, name: str, outputs: dict[str, str], inputs: dict[str, int], rate: float
 ) -> dict[str, Any]:
     count = max(1, round(rate * run.latency_seconds))
     deadline = run.latency_seconds * 2 + 60
+    dump = str(run.samples_dir / f"{name}.txt") if run.samples_dir else ""
     probe = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.probe", run.bootstrap, str(count), str(deadline),
+        sys.executable, "-m", "bench.probe", run.bootstrap, str(count), str(deadline), dump,
         *outputs.values(), stdout=asyncio.subprocess.PIPE, cwd=REPO, env=_child_env(),
     )  # fmt: skip
     if probe.stdout is None:  # pragma: no cover - asked for a pipe above

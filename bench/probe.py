@@ -1,4 +1,5 @@
-"""The latency probe, in its own process: ``python -m bench.probe BOOTSTRAP EXPECTED TOPIC...``.
+"""The latency probe, in its own process:
+``python -m bench.probe BOOTSTRAP EXPECTED DEADLINE_S DUMP_PATH TOPIC...``.
 
 It reads a contender's output topics (read_committed, from their end offsets at start), and for
 every output that carries ``sent_ns`` records two latencies, in microseconds:
@@ -9,12 +10,14 @@ every output that carries ``sent_ns`` records two latencies, in microseconds:
   ``message.timestamp.type=LogAppendTime``, 1 ms resolution) minus ``sent_ns``.
 
 It prints ``{"ready": true}`` once positioned, then, after EXPECTED outputs or its deadline,
-one JSON line with the counts and percentiles.
+one JSON line with the counts and percentiles. With a DUMP_PATH (an empty argument: none) it
+also writes every sample there, one ``sent_ns receipt_us`` line each, in arrival order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import time
 from array import array
@@ -42,7 +45,14 @@ def sent_ns(value: bytes | None) -> int | None:
     return int(value[start:end]) if end > start else None
 
 
-async def probe(bootstrap: str, expected: int, topics: list[str], deadline_s: float) -> None:
+def _dump(path: str, stamps: array[int], receipt: array[int]) -> None:
+    with open(path, "w") as out:
+        out.writelines(f"{s} {r}\n" for s, r in zip(stamps, receipt, strict=True))
+
+
+async def probe(
+    bootstrap: str, expected: int, topics: list[str], deadline_s: float, dump: str | None
+) -> None:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed"
     )
@@ -54,8 +64,12 @@ async def probe(bootstrap: str, expected: int, topics: list[str], deadline_s: fl
         for tp in tps:
             await consumer.position(tp)
         report(ready=True)
+        # No collector pauses in the figure: every record is freed by reference counting.
+        gc.freeze()
+        gc.disable()
         receipt: array[int] = array("q")
         append: array[int] = array("q")
+        stamps: array[int] = array("q")
         seen = 0
         deadline = time.monotonic() + deadline_s
         while seen < expected and time.monotonic() < deadline:
@@ -67,7 +81,10 @@ async def probe(bootstrap: str, expected: int, topics: list[str], deadline_s: fl
                     sent = sent_ns(r.value)
                     if sent is not None:
                         receipt.append((now - sent) // 1000)
+                        stamps.append(sent)
                         append.append((r.timestamp * 1_000_000 - sent) // 1000)
+        if dump:  # every sample, to see where in the phase a tail comes from
+            await asyncio.to_thread(_dump, dump, stamps, receipt)
         report(
             outputs=seen,
             timed=len(receipt),
@@ -81,8 +98,8 @@ async def probe(bootstrap: str, expected: int, topics: list[str], deadline_s: fl
 
 def main(argv: list[str]) -> int:
     die_with_parent()
-    bootstrap, expected, deadline, *topics = argv
-    asyncio.run(probe(bootstrap, int(expected), topics, float(deadline)))
+    bootstrap, expected, deadline, dump, *topics = argv
+    asyncio.run(probe(bootstrap, int(expected), topics, float(deadline), dump or None))
     return 0
 
 

@@ -139,6 +139,13 @@ def build_parser() -> _Parser:
         metavar="DIR",
         help="run each contender under cProfile, writing DIR/NAME.prof (slows them down)",
     )
+    p.add_argument(
+        "--latency-samples",
+        type=Path,
+        metavar="DIR",
+        help="write every latency sample of each contender to DIR/NAME.txt "
+        "(sent_ns and receipt in µs, one line each)",
+    )
     p.add_argument("--keep-topics", action="store_true", help="do not delete the topics afterwards")
     return p
 
@@ -160,7 +167,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, source: str) -> dict[s
             ends={}, partitions=args.partitions, workdir=Path(tmp), kafka=overrides["kafka"],
             processing=overrides["processing"], quix_commit_interval=args.quix_commit_interval,
             latency_seconds=args.latency_seconds, stall_s=args.stall_seconds, seed=args.seed,
-            profile_dir=args.profile,
+            profile_dir=args.profile, samples_dir=args.latency_samples,
         )  # fmt: skip
         try:
             return await _measure_all(args, run, env)
@@ -230,12 +237,16 @@ async def _delete(bootstrap: str, topics: list[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.profile is not None:
-        args.profile = args.profile.resolve()
+    for option, attr in (("--profile", "profile"), ("--latency-samples", "latency_samples")):
+        given: Path | None = getattr(args, attr)
+        if given is None:
+            continue
+        path = given.resolve()
+        setattr(args, attr, path)
         try:
-            args.profile.mkdir(parents=True, exist_ok=True)
+            path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            sys.stderr.write(f"python -m bench: error: --profile {args.profile}: {exc.strerror}\n")
+            sys.stderr.write(f"python -m bench: error: {option} {path}: {exc.strerror}\n")
             return 2
     logging.basicConfig(level=logging.WARNING, format="bench: %(levelname)s %(name)s: %(message)s")
     # A topic's first produce requests can meet a leader not elected yet; aiokafka retries

@@ -21,13 +21,14 @@ EVENTS = 2000
 LATENCY_EVENTS = 400
 
 
-def test_a_tiny_benchmark_reports_every_contender(bootstrap: str) -> None:
+def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path) -> None:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
     proc = subprocess.run(
         [
             sys.executable, "-m", "bench", "--events", str(EVENTS),
             "--rate", str(LATENCY_EVENTS), "--latency-seconds", "1",
             "--quix-commit-interval", "0.5", "--stall-seconds", "60",
+            "--latency-samples", str(tmp_path / "samples"),
         ],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
@@ -54,6 +55,11 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str) -> None:
         assert 0 < lat["timed"] <= lat["outputs"]  # malformed events carry no sent_ns
         q = lat["receipt_ms"]
         assert 0 <= q["p50"] <= q["p99"] <= q["p99.9"] <= q["max"]
+        # --latency-samples: one "sent_ns receipt_us" line per timed output, the same maximum
+        text = (tmp_path / "samples" / f"{name}.txt").read_text()
+        samples = [line.split() for line in text.splitlines()]
+        assert len(samples) == lat["timed"], name
+        assert max(int(us) for _, us in samples) / 1000 == pytest.approx(q["max"], abs=0.001)
     assert results["raw"]["ratio_to_raw"] == 1.0
     assert results["worker"]["ratio_to_raw"] > 0
     assert [t["target"] for t in summary["targets"]][:1] == ["worker >= 0.85 x raw"]
