@@ -34,6 +34,7 @@ class Contender:
     label: str
     kind: str  # raw | worker | quix
     processing: dict[str, Any] = field(default_factory=dict)
+    processes: int = 1  # child processes in the contender's one consumer group (replicas)
 
 
 @dataclass
@@ -115,18 +116,24 @@ async def run_contender(run: Run, c: Contender, rate: float | None) -> dict[str,
     spec_path = run.workdir / f"{c.name}.json"
     spec_path.write_bytes(orjson.dumps(spec))
     log_path = run.workdir / f"{c.name}.log"
-    with log_path.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.child", str(spec_path),
-            stdout=asyncio.subprocess.PIPE, stderr=log, cwd=REPO,
-            env=_child_env(run.profile_dir / f"{c.name}.prof" if run.profile_dir else None),
-        )  # fmt: skip
-    if proc.stdout is None:  # pragma: no cover - asked for a pipe above
-        raise RuntimeError("no pipe to the contender")
-    messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    reader = asyncio.create_task(_lines(proc.stdout, messages))
+    procs: list[asyncio.subprocess.Process] = []
+    with log_path.open("wb") as log:  # the replicas share one log
+        for i in range(c.processes):
+            name = c.name if c.processes == 1 else f"{c.name}-{i}"
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.child", str(spec_path),
+                stdout=asyncio.subprocess.PIPE, stderr=log, cwd=REPO,
+                env=_child_env(run.profile_dir / f"{name}.prof" if run.profile_dir else None),
+            )  # fmt: skip
+            procs.append(proc)
+    queues: list[asyncio.Queue[dict[str, Any]]] = [asyncio.Queue() for _ in procs]
+    readers = []
+    for proc, queue in zip(procs, queues, strict=True):
+        if proc.stdout is None:  # pragma: no cover - asked for a pipe above
+            raise RuntimeError("no pipe to the contender")
+        readers.append(asyncio.create_task(_lines(proc.stdout, queue)))
     try:
-        result.update(await _throughput(run, spec, proc, messages, log_path))
+        result.update(await _throughput(run, spec, procs, queues, log_path))
         out_ends = await measure.end_offsets(run.bootstrap, outputs.values())
         # The first contender (the worker) sets the load: half of its own rate.
         load = rate if rate is not None else result["events_per_s"] / 2
@@ -139,9 +146,11 @@ async def run_contender(run: Run, c: Contender, rate: float | None) -> dict[str,
         result["reason"] = str(exc)
         return result
     finally:
-        result["exit_code"] = await _stop(proc)
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
+        codes = await asyncio.gather(*(_stop(p) for p in procs))
+        result["exit_code"] = next((code for code in codes if code != 0), 0)
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
     counted = await measure.count_records(run.bootstrap, out_ends, timeout_s=600)
     result["events_out"] = counted.records
     # Offsets that hold no record are transaction markers: the outputs were transactional.
@@ -159,33 +168,38 @@ async def run_contender(run: Run, c: Contender, rate: float | None) -> dict[str,
 async def _throughput(
     run: Run,
     spec: Spec,
-    proc: asyncio.subprocess.Process,
-    messages: asyncio.Queue[dict[str, Any]],
+    procs: list[asyncio.subprocess.Process],
+    queues: list[asyncio.Queue[dict[str, Any]]],
     log_path: Path,
 ) -> dict[str, Any]:
-    """Poll the group's commits until they reach the pre-filled end offsets."""
+    """Poll the group's commits until they reach the pre-filled end offsets. With several
+    processes (replicas in one group), CPU and memory are their sums, and the phase starts
+    when the first of them consumes."""
     total = sum(run.ends.values())
     admin = AIOKafkaAdminClient(bootstrap_servers=run.bootstrap)
     await admin.start()
-    first: dict[str, Any] | None = None
+    firsts: list[dict[str, Any] | None] = [None] * len(procs)
     rss_tenth: float | None = None
     last_done, last_move = -1, time.monotonic()
     try:
         while True:
-            while not messages.empty():
-                msg = messages.get_nowait()
-                if "refused" in msg:
-                    raise Unavailable(f"settings refused: {msg['refused']}")
-                if "first_consumed" in msg:
-                    first = msg
-            if proc.returncode is not None:
-                raise Unavailable(f"exited with status {proc.returncode}: {_tail(log_path)}")
+            for i, queue in enumerate(queues):
+                while not queue.empty():
+                    msg = queue.get_nowait()
+                    if "refused" in msg:
+                        raise Unavailable(f"settings refused: {msg['refused']}")
+                    if "first_consumed" in msg:
+                        firsts[i] = msg
+            for proc in procs:
+                if proc.returncode is not None:
+                    raise Unavailable(f"exited with status {proc.returncode}: {_tail(log_path)}")
             done = measure.progress(await measure.committed(admin, spec["group"]), run.ends)
-            mem = measure.memory_mb(proc.pid)
+            mem = _memory(procs)
             if rss_tenth is None and done >= total / 10:
                 rss_tenth = mem["VmRSS"]
             if done >= total:
-                finished, cpu_end = time.time(), measure.cpu_seconds(proc.pid)
+                finished = time.time()
+                cpu_end = [measure.cpu_seconds(p.pid) for p in procs]
                 break
             if done > last_done:
                 last_done, last_move = done, time.monotonic()
@@ -196,14 +210,25 @@ async def _throughput(
             await asyncio.sleep(POLL_S)
     finally:
         await admin.close()
-    if first is None:  # the line is written before the first commit; it may still be in the pipe
-        first = await asyncio.wait_for(messages.get(), timeout=10)
-    seconds = finished - first["first_consumed"]
-    cpu = cpu_end - first["cpu"]
+    for i, queue in enumerate(queues):
+        # The line is written before the first commit; it may still be in the pipe. A replica
+        # that never consumed (no partitions) counts all of its CPU.
+        if firsts[i] is None:
+            try:
+                firsts[i] = await asyncio.wait_for(queue.get(), timeout=10 if i == 0 else 2)
+            except TimeoutError:
+                continue
+    started = [f for f in firsts if f is not None]
+    if not started:
+        raise Unavailable(f"no first-consumed report: {_tail(log_path)}")
+    first_consumed = min(f["first_consumed"] for f in started)
+    seconds = finished - first_consumed
+    cpu = sum(end - (f["cpu"] if f else 0.0) for end, f in zip(cpu_end, firsts, strict=True))
     return {
         "available": True,
+        "processes": len(procs),
         "events_in": total,
-        "first_consumed": first["first_consumed"],
+        "first_consumed": first_consumed,
         "seconds": round(seconds, 3),
         "events_per_s": round(total / seconds, 1),
         "cpu_s": round(cpu, 2),
@@ -213,6 +238,16 @@ async def _throughput(
         "rss_mb_at_end": round(mem["VmRSS"], 1),
         "rss_growth": round(mem["VmRSS"] / (rss_tenth or mem["VmRSS"]) - 1, 4),
     }
+
+
+def _memory(procs: list[asyncio.subprocess.Process]) -> dict[str, float]:
+    """``VmRSS`` and ``VmHWM`` summed over the processes (for one, its own)."""
+    out = {"VmRSS": 0.0, "VmHWM": 0.0}
+    for proc in procs:
+        mem = measure.memory_mb(proc.pid)
+        for key in out:
+            out[key] += mem[key]
+    return out
 
 
 async def _latency(

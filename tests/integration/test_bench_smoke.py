@@ -39,7 +39,8 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path
     assert summary["events_produced"] == EVENTS
     assert summary["environment"]["aiokafka_c_extension"] is True
     results = summary["contenders"]
-    assert set(results) == {"raw", "worker", "worker_eos", "quix"}
+    assert set(results) == {"raw", "worker", "worker_eos", "worker_x2", "quix"}
+    assert results["worker_x2"]["processes"] == 2 and results["worker"]["processes"] == 1
     for name, r in results.items():
         if name == "worker_eos" and not r["available"]:
             assert r["reason"]  # exactly-once may be refused; then it says why
