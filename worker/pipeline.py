@@ -169,7 +169,9 @@ class Worker:
                 )
                 if not batches:
                     # Nothing to overlap with: finish what is in flight (a stop bounds it).
-                    await _finish_within(asyncio.create_task(self._settled()), stop, drain)
+                    settling = asyncio.create_task(self._settled())
+                    await _finish_within(settling, stop, drain)
+                    self._refetch(consumer, settling.result())
                     await self._update_lag(consumer)
                     continue
                 task = asyncio.create_task(self._step(consumer, publisher, batches))
@@ -228,15 +230,9 @@ class Worker:
             # flight settles first. A partition whose transaction did not commit is fetched
             # again from its first offset, so what this batch holds of it is dropped.
             unsettled = await self._settled()
-            owned = consumer.assignment()
             for tp in unsettled:
                 batches.pop(tp, None)  # in place: it is the batch registered in ``_held``
-                start = self._next.get(tp)
-                if start is not None and tp in owned:
-                    # What was fetched of it since may lie past records never committed
-                    # (an abort's seek, or a re-assignment, came between): fetch it again
-                    # from its first uncommitted offset, or those records would be skipped.
-                    consumer.seek(tp, start)
+            self._refetch(consumer, unsettled)
             outputs = [o for o in outputs if _source(o) not in unsettled]
             return self._transact(self.txn, consumer, batches, outputs)
         raise FatalError("no producer configured")  # pragma: no cover - run() gives one
@@ -358,13 +354,25 @@ class Worker:
                 self._next[tp] = batches[tp][-1].offset + 1
                 continue
             unsettled.add(tp)
-            if outcome == Outcome.ABORTED:
-                consumer.seek(tp, batches[tp][0].offset)  # fetch the batch again
-            else:
-                self._next.pop(tp, None)  # fenced: the group will move it; stop reading it
+            if outcome == Outcome.FENCED:
+                self._next.pop(tp, None)  # the group will move it; stop reading it
                 consumer.pause(tp)
+            # Aborted: fetched again from its first offset, but by the loop once it has taken
+            # this outcome (``_refetch``), not here: a seek now could let a fetch already
+            # waiting return these records while this batch still counts as covering them.
         await self._back_off(failed=bool(unsettled))
         return committed, unsettled
+
+    def _refetch(self, consumer: AIOKafkaConsumer, unsettled: set[TopicPartition]) -> None:
+        """Fetch every partition whose batch did not commit again from its first uncommitted
+        offset. Called by the loop as it takes a settled batch off ``_in_flight``, before the
+        next fetch: what was fetched of the partition meanwhile lies past records never
+        committed, and is dropped (the buffer too: ``seek`` clears it)."""
+        owned = consumer.assignment()
+        for tp in unsettled:
+            start = self._next.get(tp)  # None: fenced or revoked, not ours to read
+            if start is not None and tp in owned:
+                consumer.seek(tp, start)
 
     def _unprocessed(
         self, batches: dict[TopicPartition, list[Any]]

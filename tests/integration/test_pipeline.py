@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from tests.integration.helpers import (
     create_all,
@@ -29,12 +31,18 @@ from tests.integration.helpers import (
     write_config,
 )
 from worker import __version__, admin, traffic
+from worker.connections import acknowledged
 from worker.events import EventError, decode_event
+from worker.publish import Publisher
 from worker.records import DLQ_PREFIX
 from worker.routing import ScoringError, route
 from worker.settings import Settings
+from worker.transactions import PartitionProducers
 
 pytestmark = pytest.mark.integration
+
+# Which transactions (counted from 1, over all partitions) the abort test fails on purpose.
+ABORT_CALLS = {2, 5, 9, 13}
 
 DLQ_HEADERS = {
     DLQ_PREFIX + name
@@ -170,6 +178,92 @@ async def test_exactly_once_from_a_cold_start_processes_each_input_once(
         await wait_until_committed(settings)
     inputs = await read_inputs(settings)
     assert len(inputs) == sent == 2100
+    check_outputs(settings, inputs, await read_outputs(settings), exactly_once=True)
+
+
+async def test_exactly_once_aborted_transactions_lose_nothing_while_the_next_batch_waits(
+    bootstrap: str, uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real aborts on a real broker, while the next batch is already fetched and routed: the
+    partitions they drop from that batch must be fetched again, none of their records lost.
+
+    The injected failure is ours (a ``KafkaError`` raised inside the transaction after its
+    outputs were sent), the abort is the broker's: its outputs are never read_committed.
+    """
+    wide = {f"wide-{uid}": {"temperature": 1.0, "min_margin": 0.1}}
+    settings = make_settings(
+        bootstrap,
+        uid,
+        topics=wide,
+        processing={"guarantee": "exactly_once", "max_batch_records": 1000},
+    )
+    await create_all(settings)
+    sent = 0
+    for topic, classes in zip(sorted(settings.topics), (100, 2, 3), strict=True):
+        events = traffic.synthetic(1500, seed=2, classes=classes, malformed_rate=0.02)
+        sent += await traffic.produce(bootstrap, topic, events)
+
+    real = PartitionProducers._transaction
+    calls: list[int] = []
+    aborted: list[TopicPartition] = []
+
+    async def failing(
+        self: PartitionProducers, producer: Any, tp: TopicPartition, outputs: Any, nxt: int
+    ) -> None:
+        calls.append(1)
+        if len(calls) not in ABORT_CALLS:
+            return await real(self, producer, tp, outputs, nxt)
+        async with producer.transaction():
+            publisher = Publisher(producer, self.settings.kafka.max_request_size)
+            await acknowledged(await publisher.send(outputs))
+            aborted.append(tp)
+            raise KafkaError("injected: abort this transaction")
+
+    monkeypatch.setattr(PartitionProducers, "_transaction", failing)
+    async with running_worker(settings):
+        await wait_until_committed(settings)
+    assert len(aborted) == len(ABORT_CALLS)  # the premise: every injected abort happened
+    inputs = await read_inputs(settings)
+    assert len(inputs) == sent == 4500
+    check_outputs(settings, inputs, await read_outputs(settings), exactly_once=True)
+
+
+async def test_exactly_once_an_abort_while_caught_up_loses_nothing(
+    bootstrap: str, uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker with nothing left to read gets new events, and their transaction aborts. The
+    abort re-positions the partitions while the loop is already waiting for the next fetch,
+    which then returns those same records again: they must be processed once, not skipped
+    as covered by the (aborted) batch still in flight."""
+    settings = make_settings(bootstrap, uid, processing={"guarantee": "exactly_once"})
+    await create_all(settings)
+    real = PartitionProducers._transaction
+    armed: list[bool] = []
+    aborted: list[TopicPartition] = []
+
+    async def failing(
+        self: PartitionProducers, producer: Any, tp: TopicPartition, outputs: Any, nxt: int
+    ) -> None:
+        if not armed:
+            return await real(self, producer, tp, outputs, nxt)
+        armed.clear()
+        async with producer.transaction():
+            publisher = Publisher(producer, self.settings.kafka.max_request_size)
+            await acknowledged(await publisher.send(outputs))
+            aborted.append(tp)
+            raise KafkaError("injected: abort this transaction")
+
+    monkeypatch.setattr(PartitionProducers, "_transaction", failing)
+    topic = sorted(settings.topics)[0]
+    async with running_worker(settings):
+        sent = await traffic.produce(bootstrap, topic, traffic.synthetic(20, seed=3))
+        await wait_until_committed(settings)  # started, assigned, caught up
+        armed.append(True)
+        sent += await traffic.produce(bootstrap, topic, traffic.synthetic(30, seed=4))
+        await wait_until_committed(settings, timeout_s=30)
+    assert len(aborted) == 1  # the premise: the abort happened
+    inputs = await read_inputs(settings)
+    assert len(inputs) == sent == 50
     check_outputs(settings, inputs, await read_outputs(settings), exactly_once=True)
 
 
