@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -156,12 +157,11 @@ async def test_10000_mixed_events_each_end_in_exactly_one_output(
     assert {"not_json", "non_finite_number", "wrong_type", "not_utf8"} <= reasons
 
 
-async def test_exactly_once_from_a_cold_start_processes_each_input_once(
-    bootstrap: str, uid: str
-) -> None:
-    """Full-size batches over nine partitions, so that the first fetch returns records before
-    the assignment re-positions the partitions (fetched again) while the first batch is still
-    committing: each input must still be in exactly one committed output."""
+async def _nine_partitions_exactly_once(
+    bootstrap: str, uid: str, *, per_topic: int, seed: int
+) -> tuple[Settings, int]:
+    """Exactly-once over three topics of three partitions (100, 2 and 3 classes), full-size
+    batches, ``per_topic`` events published to each; returns the settings and the count."""
     wide = {f"wide-{uid}": {"temperature": 1.0, "min_margin": 0.1}}
     settings = make_settings(
         bootstrap,
@@ -172,13 +172,46 @@ async def test_exactly_once_from_a_cold_start_processes_each_input_once(
     await create_all(settings)
     sent = 0
     for topic, classes in zip(sorted(settings.topics), (100, 2, 3), strict=True):
-        events = traffic.synthetic(700, seed=1, classes=classes, malformed_rate=0.02)
+        events = traffic.synthetic(per_topic, seed=seed, classes=classes, malformed_rate=0.02)
         sent += await traffic.produce(bootstrap, topic, events)
+    return settings, sent
+
+
+async def test_exactly_once_from_a_cold_start_processes_each_input_once(
+    bootstrap: str, uid: str
+) -> None:
+    """Full-size batches over nine partitions, so that the first fetch returns records before
+    the assignment re-positions the partitions (fetched again) while the first batch is still
+    committing: each input must still be in exactly one committed output."""
+    settings, sent = await _nine_partitions_exactly_once(bootstrap, uid, per_topic=700, seed=1)
     async with running_worker(settings):
         await wait_until_committed(settings)
     inputs = await read_inputs(settings)
     assert len(inputs) == sent == 2100
     check_outputs(settings, inputs, await read_outputs(settings), exactly_once=True)
+
+
+def _inject_aborts(
+    monkeypatch: pytest.MonkeyPatch, abort_this: Callable[[], bool]
+) -> list[TopicPartition]:
+    """Make the transactions ``abort_this()`` picks fail after sending their outputs: the
+    failure is ours, the abort is the broker's. Returns the partitions aborted, in order."""
+    real = PartitionProducers._transaction
+    aborted: list[TopicPartition] = []
+
+    async def transaction(
+        self: PartitionProducers, producer: Any, tp: TopicPartition, outputs: Any, nxt: int
+    ) -> None:
+        if not abort_this():
+            return await real(self, producer, tp, outputs, nxt)
+        async with producer.transaction():
+            publisher = Publisher(producer, self.settings.kafka.max_request_size)
+            await acknowledged(await publisher.send(outputs))
+            aborted.append(tp)
+            raise KafkaError("injected: abort this transaction")
+
+    monkeypatch.setattr(PartitionProducers, "_transaction", transaction)
+    return aborted
 
 
 async def test_exactly_once_aborted_transactions_lose_nothing_while_the_next_batch_waits(
@@ -190,36 +223,14 @@ async def test_exactly_once_aborted_transactions_lose_nothing_while_the_next_bat
     The injected failure is ours (a ``KafkaError`` raised inside the transaction after its
     outputs were sent), the abort is the broker's: its outputs are never read_committed.
     """
-    wide = {f"wide-{uid}": {"temperature": 1.0, "min_margin": 0.1}}
-    settings = make_settings(
-        bootstrap,
-        uid,
-        topics=wide,
-        processing={"guarantee": "exactly_once", "max_batch_records": 1000},
-    )
-    await create_all(settings)
-    sent = 0
-    for topic, classes in zip(sorted(settings.topics), (100, 2, 3), strict=True):
-        events = traffic.synthetic(1500, seed=2, classes=classes, malformed_rate=0.02)
-        sent += await traffic.produce(bootstrap, topic, events)
-
-    real = PartitionProducers._transaction
+    settings, sent = await _nine_partitions_exactly_once(bootstrap, uid, per_topic=1500, seed=2)
     calls: list[int] = []
-    aborted: list[TopicPartition] = []
 
-    async def failing(
-        self: PartitionProducers, producer: Any, tp: TopicPartition, outputs: Any, nxt: int
-    ) -> None:
+    def nth_call() -> bool:
         calls.append(1)
-        if len(calls) not in ABORT_CALLS:
-            return await real(self, producer, tp, outputs, nxt)
-        async with producer.transaction():
-            publisher = Publisher(producer, self.settings.kafka.max_request_size)
-            await acknowledged(await publisher.send(outputs))
-            aborted.append(tp)
-            raise KafkaError("injected: abort this transaction")
+        return len(calls) in ABORT_CALLS
 
-    monkeypatch.setattr(PartitionProducers, "_transaction", failing)
+    aborted = _inject_aborts(monkeypatch, nth_call)
     async with running_worker(settings):
         await wait_until_committed(settings)
     assert len(aborted) == len(ABORT_CALLS)  # the premise: every injected abort happened
@@ -237,23 +248,15 @@ async def test_exactly_once_an_abort_while_caught_up_loses_nothing(
     as covered by the (aborted) batch still in flight."""
     settings = make_settings(bootstrap, uid, processing={"guarantee": "exactly_once"})
     await create_all(settings)
-    real = PartitionProducers._transaction
     armed: list[bool] = []
-    aborted: list[TopicPartition] = []
 
-    async def failing(
-        self: PartitionProducers, producer: Any, tp: TopicPartition, outputs: Any, nxt: int
-    ) -> None:
+    def once_armed() -> bool:
         if not armed:
-            return await real(self, producer, tp, outputs, nxt)
+            return False
         armed.clear()
-        async with producer.transaction():
-            publisher = Publisher(producer, self.settings.kafka.max_request_size)
-            await acknowledged(await publisher.send(outputs))
-            aborted.append(tp)
-            raise KafkaError("injected: abort this transaction")
+        return True
 
-    monkeypatch.setattr(PartitionProducers, "_transaction", failing)
+    aborted = _inject_aborts(monkeypatch, once_armed)
     topic = sorted(settings.topics)[0]
     async with running_worker(settings):
         sent = await traffic.produce(bootstrap, topic, traffic.synthetic(20, seed=3))
