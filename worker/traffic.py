@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import sys
 import time
@@ -14,6 +15,8 @@ from typing import NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaProducer
+
+from worker.service import install_stop_handlers
 
 LAB_LOGITS = (3.2, 2.8, 0.5)
 
@@ -114,19 +117,27 @@ async def produce(
 
 
 async def _produce_forever(args: argparse.Namespace) -> None:
-    """The compose sample producer: a steady rate over the given topics, until stopped."""
+    """The compose sample producer: a steady rate over the given topics, until SIGINT or
+    SIGTERM. A stop lets the second in progress finish and flushes the producer, rather than
+    cancelling sends half way (a second signal exits at once); it says so on stderr, where
+    ``docker compose logs`` shows it."""
+    stop = asyncio.Event()
+    install_stop_handlers(stop)
     producer = _producer(args.bootstrap_servers)
     await producer.start()
     try:
         i = 0
-        while True:
+        while not stop.is_set():
             started = time.monotonic()
             for topic in args.topics:
                 await send_all(producer, topic, synthetic(args.rate, seed=i, id_prefix=topic))
             i += 1
-            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, 1.0 - (time.monotonic() - started)))
+        sys.stderr.write(f"traffic: stopping after {i} seconds of events; flushing\n")
     finally:
         await producer.stop()
+    sys.stderr.write("traffic: stopped\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         asyncio.run(_produce_forever(args))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # SIGINT before the stop handlers were installed
         return 0
     return 0
 

@@ -77,11 +77,15 @@ class Process:
             self.proc.send_signal(sig)
         try:
             code = await asyncio.wait_for(self.proc.wait(), grace_s)
+        except TimeoutError:
+            code = None
         finally:
             if self.proc.returncode is None:
                 self.proc.kill()
                 await self.proc.wait()
             await self._reader
+        if code is None:
+            pytest.fail(f"{self.name} still ran {grace_s:g}s after {sig.name}:\n{self.log()}")
         return code
 
 
