@@ -32,9 +32,7 @@ from tests.integration.helpers import (
     write_config,
 )
 from worker import __version__, admin, traffic
-from worker.connections import acknowledged
 from worker.events import EventError, decode_event
-from worker.publish import Publisher
 from worker.records import DLQ_PREFIX
 from worker.routing import ScoringError, route
 from worker.settings import Settings
@@ -191,6 +189,20 @@ async def test_exactly_once_from_a_cold_start_processes_each_input_once(
     check_outputs(settings, inputs, await read_outputs(settings), exactly_once=True)
 
 
+class _OffsetsFail:
+    """A transactional producer whose ``send_offsets_to_transaction`` fails: the worker's own
+    transaction code sends the outputs, then the failure makes it abort (on the broker)."""
+
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    async def send_offsets_to_transaction(self, *args: Any, **kwargs: Any) -> None:
+        raise KafkaError("injected: abort this transaction")
+
+
 def _inject_aborts(
     monkeypatch: pytest.MonkeyPatch, abort_this: Callable[[], bool]
 ) -> list[TopicPartition]:
@@ -202,13 +214,10 @@ def _inject_aborts(
     async def transaction(
         self: PartitionProducers, producer: Any, tp: TopicPartition, outputs: Any, nxt: int
     ) -> None:
-        if not abort_this():
-            return await real(self, producer, tp, outputs, nxt)
-        async with producer.transaction():
-            publisher = Publisher(producer, self.settings.kafka.max_request_size)
-            await acknowledged(await publisher.send(outputs))
+        if abort_this():
             aborted.append(tp)
-            raise KafkaError("injected: abort this transaction")
+            producer = _OffsetsFail(producer)
+        await real(self, producer, tp, outputs, nxt)
 
     monkeypatch.setattr(PartitionProducers, "_transaction", transaction)
     return aborted
