@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -210,14 +211,14 @@ async def _throughput(
             await asyncio.sleep(POLL_S)
     finally:
         await admin.close()
+    # The line is written before the first commit; it may still be in the pipe. A replica
+    # that never consumed (no partitions) counts all of its CPU.
+    deadline = time.monotonic() + 10
     for i, queue in enumerate(queues):
-        # The line is written before the first commit; it may still be in the pipe. A replica
-        # that never consumed (no partitions) counts all of its CPU.
         if firsts[i] is None:
-            try:
-                firsts[i] = await asyncio.wait_for(queue.get(), timeout=10 if i == 0 else 2)
-            except TimeoutError:
-                continue
+            with contextlib.suppress(TimeoutError):
+                left = max(0.0, deadline - time.monotonic())
+                firsts[i] = await asyncio.wait_for(queue.get(), timeout=left)
     started = [f for f in firsts if f is not None]
     if not started:
         raise Unavailable(f"no first-consumed report: {_tail(log_path)}")
