@@ -6,7 +6,8 @@
 #
 # Two stages: the builder resolves the locked dependencies into /app/.venv with uv; the runtime
 # stage is a clean slim Python with only that virtualenv copied in (no uv, no pip cache, no
-# source tree, no compilers: every locked dependency ships a manylinux wheel for CPython 3.11).
+# source tree, no compilers: every locked dependency ships a manylinux wheel for CPython 3.11,
+# and the one built here, native/, is compiled in the builder).
 # docs/docker.md explains each choice.
 
 # Same Python minor as requires-python and CI. Pin a digest too (FROM python:...@sha256:...)
@@ -35,11 +36,22 @@ COPY pyproject.toml uv.lock ./
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --locked --no-default-groups --no-install-project
 
-# Then the project itself, installed as a wheel (not editable) so /src is not needed later.
+# Then the project itself, installed as a wheel (not editable) so /src is not needed later,
+# with its compiled hot path (native/, Rust): the toolchain is copied from the official Rust
+# image of the same Debian release, and gcc is its linker. Only the built wheel reaches the
+# runtime stage.
+COPY --from=rust:1.95-slim-bookworm /usr/local/cargo /usr/local/cargo
+COPY --from=rust:1.95-slim-bookworm /usr/local/rustup /usr/local/rustup
+ENV CARGO_HOME=/usr/local/cargo RUSTUP_HOME=/usr/local/rustup PATH=/usr/local/cargo/bin:$PATH
+# Builder only, so left unpinned: the versions of the base image's Debian release.
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 COPY README.md ./
 COPY worker ./worker
-RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --locked --no-default-groups --no-editable
+COPY native ./native
+RUN --mount=type=cache,target=/root/.cache/uv --mount=type=cache,target=/usr/local/cargo/registry \
+    uv sync --locked --no-default-groups --extra native --no-editable
 
 
 FROM ${PYTHON_IMAGE} AS runtime

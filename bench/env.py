@@ -1,5 +1,6 @@
 """What the numbers depend on, printed at the top of every run: versions, the fast path
-(aiokafka's compiled record codec, uvloop), the machine and its load."""
+(aiokafka's compiled record codec, the worker's compiled hot path, uvloop), the machine and
+its load."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import platform
 import sys
 from typing import Any
 
+from worker import native
 from worker.connections import aiokafka_c_extension
 
 
@@ -24,6 +26,8 @@ def environment(broker_source: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "aiokafka": _version("aiokafka"),
         "aiokafka_c_extension": aiokafka_c_extension(),
+        # the compiled hot path (worker.native); --set processing.native=false turns it off
+        "native_hot_path": native.available(),
         "uvloop": _version("uvloop"),  # worker.service.run_loop uses it when installed
         "orjson": _version("orjson"),
         "numpy": _version("numpy"),

@@ -1,12 +1,12 @@
 """Scoring many events in one call, vectorised with numpy over events of the same width.
 
-``routing.route`` (plain Python) serves one event at a time, where numpy's per-call overhead
-would dominate: ``score``, and rows near a threshold (below). Every batch goes through numpy,
-whatever its size, so that the bytes published for an event depend only on the event and its
-policy, never on which other events shared its batch: a replay reproduces them exactly.
+``whatif`` scores thousands of stored events once per candidate policy and uses this path.
+The worker does not: it publishes the reference values of ``routing.route`` (computed in Python
+or, bit for bit the same, by the compiled hot path, ``worker.native``), since numpy's ``exp``
+differs between CPUs (it has its own SIMD code) and the bytes published must not.
 
 The batch path must give the decisions of the scalar path (``routing.route``), event for event,
-so that a live decision, its replay and ``logit-router score`` never disagree. numpy's ``exp``
+so that a what-if rate is the rate the live worker would have. numpy's ``exp``
 and pairwise sum differ from ``math.exp`` and ``math.fsum`` by a few ulps, which could flip a
 comparison that sits exactly on a threshold. So, like an adaptive geometric predicate, a row
 whose margin or top-1 probability lies within ``GUARD`` of a threshold (or of a tie) is

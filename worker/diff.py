@@ -65,7 +65,7 @@ Source = tuple[str, int, int]  # input topic, partition, offset
 def view_of_outbound(o: Outbound) -> View:
     """What the replay would publish for one record."""
     raw = (o.key, o.value, tuple(o.headers))
-    if o.routing is None:
+    if o.scores is None:
         return View("dead_letter", None, None, o.reason, None, None, None, None, None, None, raw)
     doc = orjson.loads(o.value) if o.value is not None else {}
     return _scored_view(doc, raw)

@@ -185,8 +185,8 @@ class Metrics:
             decisions[topic, o.kind] += 1
             if o.kind == "dead_letter":
                 dead[topic, o.reason or OTHER_REASON] += 1
-            elif o.routing is not None:
-                s = o.routing.scores
+            elif o.scores is not None:
+                s = o.scores
                 lists = scores.get(topic)
                 if lists is None:
                     lists = scores[topic] = ([], [], [])

@@ -6,7 +6,8 @@ it over with ``send_batch`` costs about 4 µs (``docs/performance.md``). The rec
 partitions and their order are the ones ``send`` would give:
 
 * the partition comes from the producer's default partitioner (murmur2 of the key, as the Java
-  client; a random partition for a record without a key);
+  client; a random partition for a record without a key), with the key hashed by the compiled
+  module (``worker.native``) when it is installed: aiokafka's murmur2 is pure Python;
 * records of one partition go into its batches in the order of ``outputs``, and batches of a
   partition are queued in order (the accumulator keeps one undrained batch per partition);
 * the producer's idempotence, ``acks`` and transactions apply to these batches as to any.
@@ -22,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
+from worker import native
 from worker.records import Outbound
 
 
@@ -37,6 +39,7 @@ class Publisher:
         Await them (``worker.connections.acknowledged``) before committing the inputs.
         """
         producer = self.producer
+        partition_index = native.partition_index
         partitions: dict[str, list[int]] = {}
         open_batches: dict[tuple[str, int], Any] = {}
         futures: list[asyncio.Future[Any]] = []
@@ -45,7 +48,11 @@ class Publisher:
             known = partitions.get(topic)
             if known is None:
                 known = partitions[topic] = sorted(await producer.partitions_for(topic))
-            partition: int = self._partitioner(o.key, known, known)
+            key = o.key
+            if key is not None and partition_index is not None:
+                partition = known[partition_index(key, len(known))]
+            else:
+                partition = self._partitioner(key, known, known)
             slot = (topic, partition)
             batch = open_batches.get(slot)
             if batch is None:

@@ -1,7 +1,9 @@
 """From consumed records to the records to publish: decode, score, decide, build. No I/O.
 
 The live pipeline, ``replay`` and the benchmarks all run a batch through ``Router.process``,
-so the bytes an auditor re-computes are the bytes the worker published.
+so the bytes an auditor re-computes are the bytes the worker published. Each record goes
+through the compiled hot path (``worker.native``) when it is installed and accepts the record,
+else through the Python path here; both write the same bytes.
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 import orjson
 
-from worker import __version__
-from worker.batch import Item, route_batch
+from worker import __version__, native
 from worker.events import EventError, decode_routable
-from worker.routing import Policy, Routing, ScoringError
+from worker.routing import Policy, Routing, ScoringError, route
 from worker.settings import Settings
 
 Kind = Literal["routed", "escalated", "dead_letter"]
@@ -43,6 +44,18 @@ class ConsumedRecord(Protocol):
     def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
+# What the compiled path gives for a record: value, routed?, reason, top1, margin, entropy.
+Compiled = tuple[bytes, bool, str | None, float, float, float]
+
+
+class Summary(NamedTuple):
+    """What the metrics read of a scored event."""
+
+    top1: float
+    margin: float
+    entropy: float
+
+
 class Outbound(NamedTuple):
     """One record to publish, and what the metrics need to know about it."""
 
@@ -56,7 +69,7 @@ class Outbound(NamedTuple):
     source_partition: int
     source_offset: int
     source_timestamp: int
-    routing: Routing | None
+    scores: Summary | None  # None for a dead letter
 
 
 class Router:
@@ -73,28 +86,78 @@ class Router:
             topic: {"min_margin": p.min_margin, "min_top1": p.min_top1}
             for topic, p in self.policies.items()
         }
+        self.native_topics: dict[str, Any] | None = None
+        if settings.processing.native and native.available():
+            self.native_topics = native.topics(
+                self.policies,
+                self._policy_docs,
+                max_bytes=self.max_bytes,
+                max_classes=self.max_classes,
+                config_version=self.config_version,
+            )
 
     def process(self, records: Sequence[ConsumedRecord]) -> list[Outbound]:
-        out: list[Outbound | None] = [None] * len(records)
-        pending: list[tuple[int, ConsumedRecord, dict[str, Any]]] = []
-        items: list[Item] = []
-        policies = self.policies
-        for i, rec in enumerate(records):
-            try:
-                doc, logits, labels = decode_routable(
-                    rec.value, max_bytes=self.max_bytes, max_classes=self.max_classes
-                )
-            except EventError as exc:
-                out[i] = self.dead_letter(rec, exc.code, exc)
+        return self.finish(records, self.compiled(records))
+
+    def compiled(self, records: Sequence[ConsumedRecord]) -> list[Compiled | None] | None:
+        """The compiled hot path's part: per record its output, or ``None`` where the Python
+        path must do it; ``None`` for the lot when the compiled module is not in use. It
+        releases the GIL while it works, so the pipeline runs it in a thread of its own."""
+        topics, route_many = self.native_topics, native.route_many
+        if topics is None or route_many is None:
+            return None
+        return route_many(
+            [topics[r.topic] for r in records],
+            [r.value for r in records],
+            [r.partition for r in records],
+            [r.offset for r in records],
+            [r.timestamp for r in records],
+        )
+
+    def finish(
+        self, records: Sequence[ConsumedRecord], compiled: Sequence[Compiled | None] | None
+    ) -> list[Outbound]:
+        """One output per record, in order: the compiled result where there is one, else the
+        Python path's."""
+        if compiled is None:
+            return [self._process_one(rec) for rec in records]
+        out: list[Outbound] = []
+        routed_topic, escalated_topic = self.outputs.routed, self.outputs.escalated
+        for rec, done in zip(records, compiled, strict=True):
+            if done is None:
+                out.append(self._process_one(rec))
                 continue
-            pending.append((i, rec, doc))
-            items.append(Item(logits, policies[rec.topic], labels))
-        for (i, rec, doc), result in zip(pending, route_batch(items), strict=True):
-            if isinstance(result, ScoringError):
-                out[i] = self.dead_letter(rec, result.code, result)
-            else:
-                out[i] = self._decided(rec, doc, result)
-        return out  # type: ignore[return-value]  # every slot is filled above
+            value, routed, reason, top1, margin, entropy = done
+            out.append(
+                Outbound(
+                    routed_topic if routed else escalated_topic,
+                    rec.key,
+                    value,
+                    list(rec.headers),
+                    "routed" if routed else "escalated",
+                    reason,
+                    rec.topic,
+                    rec.partition,
+                    rec.offset,
+                    rec.timestamp,
+                    Summary(top1, margin, entropy),
+                )
+            )
+        return out
+
+    def _process_one(self, rec: ConsumedRecord) -> Outbound:
+        """The Python path: the reference the compiled one is held to."""
+        try:
+            doc, logits, labels = decode_routable(
+                rec.value, max_bytes=self.max_bytes, max_classes=self.max_classes
+            )
+        except EventError as exc:
+            return self.dead_letter(rec, exc.code, exc)
+        try:
+            routing = route(logits, self.policies[rec.topic], labels)
+        except ScoringError as exc:
+            return self.dead_letter(rec, exc.code, exc)
+        return self._decided(rec, doc, routing)
 
     def _decided(self, rec: ConsumedRecord, doc: dict[str, Any], routing: Routing) -> Outbound:
         """The input document (ours alone: decoded for this batch) plus decision and provenance.
@@ -141,7 +204,7 @@ class Router:
             rec.partition,
             rec.offset,
             rec.timestamp,
-            routing,
+            Summary(s.top1, s.margin, s.entropy),
         )
 
     def dead_letter(self, rec: ConsumedRecord, reason: str, error: Exception) -> Outbound:
@@ -168,7 +231,7 @@ class Router:
             source_partition=rec.partition,
             source_offset=rec.offset,
             source_timestamp=rec.timestamp,
-            routing=None,
+            scores=None,
         )
 
 

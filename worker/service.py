@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry
 
+from worker import native
 from worker.connections import FatalError, aiokafka_c_extension
 from worker.health import HealthServer
 from worker.metrics import Metrics
@@ -95,6 +96,8 @@ def run(settings: Settings, stop_requested: Callable[[], bool] = lambda: False) 
     tune_gc()
     if not aiokafka_c_extension():
         log.warning("aiokafka runs without its C extension: expect a much slower worker")
+    if settings.processing.native and not native.available():
+        log.warning("logit_router_native is not installed: routing in Python (slower, same output)")
 
     async def main() -> int:
         stop = asyncio.Event()

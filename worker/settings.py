@@ -179,6 +179,9 @@ class Processing(BaseModel):
     # Bound on a graceful stop: finish the batch in hand, flush, commit; past it, give up.
     drain_timeout_s: float = Field(10.0, gt=0.0)
     transaction_timeout_ms: int = Field(60_000, ge=1_000)
+    # Route with the compiled hot path (worker.native) when it is installed; the Python path
+    # writes the same bytes, so this only trades speed (off: to rule the extension out).
+    native: bool = True
 
 
 class HttpSettings(BaseModel):

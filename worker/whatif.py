@@ -1,9 +1,10 @@
 """``logit-router whatif``: escalation rate against temperature and thresholds, on recorded
 events. Pure: samples in, numbers and text out; the loading lives in ``worker.sources``.
 
-Every number comes from ``batch.route_batch``, the function the live worker scores with, run
-once per (temperature, min_margin, min_top1) cell on all of a topic's events. So a cell is
-exactly what the worker would have decided under that policy, threshold ties included.
+Every number comes from ``batch.route_batch``, run once per (temperature, min_margin, min_top1)
+cell on all of a topic's events: numpy's speed, with the live worker's decisions event for
+event (rows near a threshold go through the reference). So a cell is exactly what the worker
+would have decided under that policy, threshold ties included.
 
 Suggesting a policy for a target escalation rate R (``suggest``)
 -----------------------------------------------------------------

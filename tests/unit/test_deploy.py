@@ -452,3 +452,12 @@ def test_only_loopback_on_the_host() -> None:
         for port in svc.get("ports", []):
             assert isinstance(port, dict), f"{name}: use the long port syntax with host_ip"
             assert port.get("host_ip") == "127.0.0.1", f"{name} publishes {port} beyond loopback"
+
+
+def test_the_image_builds_the_compiled_hot_path() -> None:
+    # Without it the image would run, but route in Python: slower, with no error to notice.
+    builder = dockerfile_instructions()
+    builder = builder[: max(i for i, (w, _) in enumerate(builder) if w == "FROM")]
+    assert any(w == "COPY" and a.split()[0] == "native" for w, a in builder)
+    last_sync = [a for w, a in builder if w == "RUN" and "uv sync" in a][-1]
+    assert "--extra native" in last_sync

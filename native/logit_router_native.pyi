@@ -1,0 +1,35 @@
+# Types of the compiled module (src/lib.rs); maturin ships this file with a py.typed marker.
+
+__version__: str
+
+class Topic:
+    def __init__(
+        self,
+        temperature: float,
+        min_margin: float,
+        min_top1: float | None,
+        labels: list[bytes] | None,
+        max_bytes: int,
+        max_classes: int,
+        after_scores: bytes,
+        source_head: bytes,
+        tail: bytes,
+    ) -> None: ...
+
+def route(
+    topic: Topic,
+    raw: bytes | None,
+    partition: int,
+    offset: int,
+    timestamp: int | None,
+) -> tuple[bytes, bool, str | None, float, float, float] | None: ...
+def route_many(
+    topics: list[Topic],
+    raws: list[bytes | None],
+    partitions: list[int],
+    offsets: list[int],
+    timestamps: list[int | None],
+) -> list[tuple[bytes, bool, str | None, float, float, float] | None]: ...
+def partition_index(key: bytes, partitions: int) -> int: ...
+def fsum(values: list[float]) -> float: ...
+def format_float(v: float) -> bytes: ...

@@ -1,0 +1,292 @@
+//! logit-router's hot path in one compiled call per record: read the event, score it, decide,
+//! and write the output document, with the bytes and values of the Python path
+//! (`worker/records.py`, `worker/routing.py`). `worker/native.py` is the only caller.
+
+mod json;
+mod score;
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+/// One input topic's policy and the constant parts of its outputs, encoded once by Python.
+#[pyclass(frozen)]
+struct Topic {
+    temperature: f64,
+    min_margin: f64,
+    min_top1: Option<f64>,
+    /// The topic's labels, each as its JSON string.
+    labels: Option<Vec<Vec<u8>>>,
+    max_bytes: usize,
+    max_classes: usize,
+    /// `,"temperature":…,"policy":{…}`
+    after_scores: Vec<u8>,
+    /// `,"source":{"topic":…,"partition":`
+    source_head: Vec<u8>,
+    /// `},"config_version":…,"worker_version":…}`
+    tail: Vec<u8>,
+}
+
+#[pymethods]
+impl Topic {
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        temperature: f64,
+        min_margin: f64,
+        min_top1: Option<f64>,
+        labels: Option<Vec<Vec<u8>>>,
+        max_bytes: usize,
+        max_classes: usize,
+        after_scores: Vec<u8>,
+        source_head: Vec<u8>,
+        tail: Vec<u8>,
+    ) -> Self {
+        Topic {
+            temperature,
+            min_margin,
+            min_top1,
+            labels,
+            max_bytes,
+            max_classes,
+            after_scores,
+            source_head,
+            tail,
+        }
+    }
+}
+
+/// One routed record: the output value and what the metrics read.
+struct Routed {
+    value: Vec<u8>,
+    reason: Option<&'static str>,
+    top1: f64,
+    margin: f64,
+    entropy: f64,
+}
+
+/// (output value, routed?, reason or None, top1, margin, entropy)
+type RoutedTuple<'py> = (
+    Bound<'py, PyBytes>,
+    bool,
+    Option<&'static str>,
+    f64,
+    f64,
+    f64,
+);
+
+impl Routed {
+    fn into_tuple(self, py: Python<'_>) -> RoutedTuple<'_> {
+        let routed = self.reason.is_none();
+        (
+            PyBytes::new(py, &self.value),
+            routed,
+            self.reason,
+            self.top1,
+            self.margin,
+            self.entropy,
+        )
+    }
+}
+
+/// Routes one record, or returns `None` when the Python path must (see `json.rs`).
+#[pyfunction]
+#[pyo3(signature = (topic, raw, partition, offset, timestamp))]
+fn route<'py>(
+    py: Python<'py>,
+    topic: &Topic,
+    raw: Option<&[u8]>,
+    partition: i64,
+    offset: i64,
+    timestamp: Option<i64>,
+) -> Option<RoutedTuple<'py>> {
+    route_one(topic, raw?, partition, offset, timestamp).map(|r| r.into_tuple(py))
+}
+
+/// `route` for a slice of records (one topic per record), with the GIL released while it
+/// reads, scores and writes: the caller may run it in a thread beside its event loop.
+#[pyfunction]
+fn route_many<'py>(
+    py: Python<'py>,
+    topics: Vec<Bound<'py, Topic>>,
+    raws: Vec<Option<Bound<'py, PyBytes>>>,
+    partitions: Vec<i64>,
+    offsets: Vec<i64>,
+    timestamps: Vec<Option<i64>>,
+) -> PyResult<Vec<Option<RoutedTuple<'py>>>> {
+    let n = topics.len();
+    if raws.len() != n || partitions.len() != n || offsets.len() != n || timestamps.len() != n {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "route_many: lists of unequal length",
+        ));
+    }
+    let topic_refs: Vec<&Topic> = topics.iter().map(|t| t.get()).collect();
+    let slices: Vec<Option<&[u8]>> = raws
+        .iter()
+        .map(|r| r.as_ref().map(|b| b.as_bytes()))
+        .collect();
+    // The bytes objects stay referenced by `raws` (and are immutable) until this returns.
+    let done: Vec<Option<Routed>> = py.detach(|| {
+        (0..n)
+            .map(|i| {
+                route_one(
+                    topic_refs[i],
+                    slices[i]?,
+                    partitions[i],
+                    offsets[i],
+                    timestamps[i],
+                )
+            })
+            .collect()
+    });
+    Ok(done
+        .into_iter()
+        .map(|r| r.map(|r| r.into_tuple(py)))
+        .collect())
+}
+
+fn route_one(
+    topic: &Topic,
+    raw: &[u8],
+    partition: i64,
+    offset: i64,
+    timestamp: Option<i64>,
+) -> Option<Routed> {
+    if raw.len() > topic.max_bytes {
+        return None;
+    }
+    let mut out = Vec::with_capacity(raw.len() * 2 + 512);
+    let event = json::read_event(raw, topic.max_classes, &mut out)?;
+    let width = event.logits.len();
+    if event.labels.is_none() {
+        if let Some(l) = &topic.labels {
+            if l.len() != width {
+                return None; // topic_labels_mismatch: named by the Python path
+            }
+        }
+    }
+    let s = score::score(&event.logits, topic.temperature)?;
+    let reason = if s.margin < topic.min_margin {
+        Some("low_margin")
+    } else if topic.min_top1.is_some_and(|m| s.top1 < m) {
+        Some("low_top1")
+    } else {
+        None
+    };
+    out.extend_from_slice(if reason.is_none() {
+        br#","decision":"routed","label":"#
+    } else {
+        br#","decision":"escalated","label":"#
+    });
+    match (&event.labels, &topic.labels) {
+        (Some(l), _) => out.extend_from_slice(l[s.class_index]),
+        (None, Some(l)) => out.extend_from_slice(&l[s.class_index]),
+        (None, None) => {
+            out.push(b'"');
+            json::write_int(&mut out, s.class_index as i64);
+            out.push(b'"');
+        }
+    }
+    out.extend_from_slice(br#","class_index":"#);
+    json::write_int(&mut out, s.class_index as i64);
+    out.extend_from_slice(br#","probabilities":["#);
+    for (k, &p) in s.probabilities.iter().enumerate() {
+        if k > 0 {
+            out.push(b',');
+        }
+        json::write_f64(&mut out, p);
+    }
+    out.extend_from_slice(br#"],"top1":"#);
+    json::write_f64(&mut out, s.top1);
+    out.extend_from_slice(br#","top2":"#);
+    json::write_f64(&mut out, s.top2);
+    out.extend_from_slice(br#","margin":"#);
+    json::write_f64(&mut out, s.margin);
+    out.extend_from_slice(br#","entropy":"#);
+    json::write_f64(&mut out, s.entropy);
+    out.extend_from_slice(&topic.after_scores);
+    out.extend_from_slice(match reason {
+        None => br#","reason":null"#.as_slice(),
+        Some("low_margin") => br#","reason":"low_margin""#.as_slice(),
+        Some(_) => br#","reason":"low_top1""#.as_slice(),
+    });
+    out.extend_from_slice(&topic.source_head);
+    json::write_int(&mut out, partition);
+    out.extend_from_slice(br#","offset":"#);
+    json::write_int(&mut out, offset);
+    out.extend_from_slice(br#","timestamp":"#);
+    match timestamp {
+        Some(t) => json::write_int(&mut out, t),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(&topic.tail);
+    Some(Routed {
+        value: out,
+        reason,
+        top1: s.top1,
+        margin: s.margin,
+        entropy: s.entropy,
+    })
+}
+
+/// The index in a topic's sorted partitions of a record with this key, as the Java client's
+/// and aiokafka's default partitioner picks it: murmur2 of the key, sign bit cleared, modulo
+/// the partition count. (aiokafka's murmur2 is pure Python: about 3.5 µs a record.)
+#[pyfunction]
+fn partition_index(key: &[u8], partitions: u32) -> u32 {
+    (murmur2(key) & 0x7fff_ffff) % partitions
+}
+
+/// `org.apache.kafka.common.utils.Utils.murmur2`.
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= (rest[2] as u32) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= (rest[1] as u32) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= rest[0] as u32;
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+/// The exactly rounded sum, exposed so that tests can hold it against `math.fsum`.
+#[pyfunction]
+fn fsum(values: Vec<f64>) -> f64 {
+    score::fsum(values.into_iter())
+}
+
+/// A finite float as orjson writes it, exposed for the same reason.
+#[pyfunction]
+fn format_float(py: Python<'_>, v: f64) -> Bound<'_, PyBytes> {
+    let mut out = Vec::new();
+    json::write_f64(&mut out, v);
+    PyBytes::new(py, &out)
+}
+
+#[pymodule]
+fn logit_router_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Topic>()?;
+    m.add_function(wrap_pyfunction!(route, m)?)?;
+    m.add_function(wrap_pyfunction!(route_many, m)?)?;
+    m.add_function(wrap_pyfunction!(partition_index, m)?)?;
+    m.add_function(wrap_pyfunction!(fsum, m)?)?;
+    m.add_function(wrap_pyfunction!(format_float, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,276 @@
+"""The compiled hot path (``worker.native``) writes what the Python path writes, byte for byte.
+
+Each record goes through ``Router.process`` twice, with ``processing.native`` on and off, and
+every field of every output must be equal: topic, key, value bytes, headers, decision, reason
+and the scores the metrics read. The inputs are the benchmark's traffic, the hostile corpus,
+and hypothesis documents written in many JSON spellings. The compiled path may decline a
+record (the Python path then does it), so the last tests check that it does take the events a
+classifier sends, or the comparison would hold trivially.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.partitioner import murmur2
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from tests.integration.hostile_corpus import EDGES, HOSTILE
+from worker import native, traffic
+from worker.records import Router
+from worker.routing import score
+from worker.settings import Settings
+
+if not native.available():
+    # ./dev builds it wherever cargo is found and then sets this: never a silent skip there.
+    if os.environ.get("LOGIT_ROUTER_EXPECT_NATIVE") == "1":
+        raise RuntimeError("logit_router_native is not installed (see native/)")
+    pytest.skip(
+        "logit_router_native is not installed (no cargo at install)", allow_module_level=True
+    )
+
+import logit_router_native as ext  # after the skip above
+
+TOPICS = {
+    "plain": {"temperature": 1.0, "min_margin": 0.1},
+    "cold": {"temperature": 0.7, "min_margin": 0.15, "labels": ["cat", "dog", "bird"]},
+    "wide": {"temperature": 1.5, "min_margin": 0.05, "min_top1": 0.2},
+    "odd": {"temperature": 1e-3, "min_margin": 0.0, "labels": ['q"uote', "é", "\n"]},
+}
+LIMITS = {"max_event_bytes": 4096, "max_classes": 120}
+
+
+def _settings(native_on: bool) -> Settings:
+    return Settings(topics=TOPICS, limits=LIMITS, processing={"native": native_on})
+
+
+FAST, SLOW = Router(_settings(True)), Router(_settings(False))
+
+
+@dataclass
+class Rec:
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def both(raws: Sequence[bytes | None], topic: str = "plain") -> list[Any]:
+    recs = [
+        Rec(topic, 2, 10 + i, 1_700_000_000_000 + i, b"k", raw, [("h", b"v")])
+        for i, raw in enumerate(raws)
+    ]
+    fast, slow = FAST.process(recs), SLOW.process(recs)
+    assert len(fast) == len(slow) == len(recs)
+    for f, s in zip(fast, slow, strict=True):
+        assert f == s, (f.value, s.value)
+    return fast
+
+
+def test_the_router_uses_it_when_installed_and_not_when_switched_off() -> None:
+    assert FAST.native_topics is not None
+    assert SLOW.native_topics is None
+
+
+@pytest.mark.parametrize("classes", [3, 10, 100])
+def test_the_benchmark_traffic_is_the_same_bytes(classes: int) -> None:
+    raws = [e.value for e in traffic.synthetic(1500, seed=classes, classes=classes)]
+    both(raws, "wide")
+    both(raws, "plain")
+
+
+def test_labelled_topics_and_labels_in_the_event() -> None:
+    raws = [e.value for e in traffic.synthetic(500, seed=3, classes=3)]
+    raws += [e.value for e in traffic.synthetic(200, seed=4, classes=3, labels=["x", "y", "ü"])]
+    both(raws, "cold")
+    both(raws, "odd")
+
+
+def test_the_hostile_corpus_is_the_same_bytes() -> None:
+    raws = [h.value for h in (*HOSTILE, *EDGES) if h.value is None or len(h.value) < 100_000]
+    both(raws, "plain")
+    both(raws, "cold")
+
+
+json_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=4),
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+logit_values = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(-60, 60),
+    st.none(),
+)
+documents = st.fixed_dictionaries(
+    {
+        "id": st.one_of(st.text(min_size=1, max_size=6), json_values),
+        "logits": st.one_of(st.lists(logit_values, min_size=0, max_size=12), json_values),
+    },
+    optional={
+        "labels": st.one_of(st.lists(st.text(max_size=3), min_size=2, max_size=12), json_values),
+        "model": json_values,
+        "ts": json_values,
+        "metadata": json_values,
+        "sent_ns": st.integers(0, 2**63 - 1),
+        "margin": json_values,  # a key the output sets: declined, then done in Python
+        "extra": json_values,
+    },
+)
+spellings = st.sampled_from(["orjson", "compact", "spaced", "ascii", "reordered", "int_logits"])
+
+
+def spell(doc: dict[str, Any], how: str) -> bytes:
+    try:
+        return _spell(doc, how)
+    except TypeError:  # an integer past 64 bits, which orjson does not write: the stdlib does
+        return _spell(doc, "compact")
+
+
+def _spell(doc: dict[str, Any], how: str) -> bytes:
+    if how == "orjson":
+        return orjson.dumps(doc)
+    if how == "int_logits" and isinstance(doc.get("logits"), list):
+        doc = {
+            **doc,
+            "logits": [
+                round(x) if isinstance(x, float) and abs(x) < 1e15 else x for x in doc["logits"]
+            ],
+        }
+        return orjson.dumps(doc)
+    if how == "reordered":
+        return orjson.dumps(dict(reversed(list(doc.items()))))
+    text = json.dumps(
+        doc,
+        ensure_ascii=how == "ascii",
+        separators=(",", ":") if how == "compact" else (" ,  ", " :\t"),
+    )
+    return text.encode()
+
+
+@settings(max_examples=2000, deadline=None)
+@given(documents, spellings, st.sampled_from(sorted(TOPICS)))
+@example({"id": "a", "logits": [1e-7, 1e16, -0.0, 5e-324]}, "spaced", "plain")
+@example(
+    {"id": "a", "logits": [1.0, 2.0], "x": [2**64 - 1, 2**64, -(2**63), -(2**63) - 1]},
+    "compact",
+    "plain",
+)
+def test_any_document_in_any_spelling_is_the_same_bytes(
+    doc: dict[str, Any], how: str, topic: str
+) -> None:
+    both([spell(doc, how)], topic)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64), st.binary(max_size=8))
+def test_bytes_around_an_event_are_the_same_bytes(noise: bytes, cut: bytes) -> None:
+    base = b'{"id": "n", "logits": [0.5, 1.5, -2.0], "metadata": {"k": [1, 2.5]}}'
+    both([noise, base[: len(cut) * 4] + noise, noise + base, base.replace(b"1.5", noise)])
+
+
+def test_it_takes_the_events_a_classifier_sends() -> None:
+    """Declining everything would pass the comparisons above: it must take the common events."""
+    raws = [e.value for e in traffic.synthetic(300, seed=9, classes=10, malformed_rate=0.0)]
+    topic = FAST.native_topics["plain"]  # type: ignore[index]
+    taken = [ext.route(topic, raw, 0, i, 0) is not None for i, raw in enumerate(raws)]
+    assert all(taken)
+    for raw in (
+        b'{"id": "e", "logits": [1.0, null, 2.5e-3], "metadata": {"a": {"b": [true, null]}}}',
+        '{"id": "é", "logits": [1.5, 0.5], "labels": ["ü", "ß"], "ts": null}'.encode(),
+    ):
+        assert ext.route(topic, raw, 0, 0, None) is not None, raw
+
+
+def test_it_declines_what_the_python_path_must_judge() -> None:
+    topic = FAST.native_topics["plain"]  # type: ignore[index]
+    for raw in (
+        *(raw for _, raw in traffic.MALFORMED),
+        b'{"id": "e", "logits": [null, null]}',  # no finite logit: a refusal to name
+        b'{"id": "a\\u00e9", "logits": [1.0, 2.0]}',  # an escape: left to orjson
+        b'{"id": "e", "logits": [1.0, 2.0], "decision": "mine"}',  # keeps its place
+    ):
+        assert ext.route(topic, raw, 0, 0, 0) is None, raw
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.floats(allow_nan=False, allow_infinity=False))
+@example(1e-5)
+@example(1e16)
+@example(1e15)
+@example(-5e-324)
+def test_floats_are_written_as_orjson_writes_them(v: float) -> None:
+    assert ext.format_float(v) == orjson.dumps(v)
+
+
+def test_floats_from_random_bits_are_written_as_orjson_writes_them() -> None:
+    rng = __import__("random").Random(5)
+    for _ in range(200_000):
+        v = struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
+        if math.isfinite(v):
+            assert ext.format_float(v) == orjson.dumps(v), repr(v)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.floats(-1e300, 1e300), max_size=40))
+def test_the_sum_is_math_fsum_bit_for_bit(values: list[float]) -> None:
+    assert struct.pack("<d", ext.fsum(values)) == struct.pack("<d", math.fsum(values))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.floats(-700, 700), min_size=2, max_size=120), st.floats(1e-3, 1e3))
+def test_scores_are_the_reference_bit_for_bit(logits: list[float], temperature: float) -> None:
+    topic = native.topics(
+        {"t": FAST.policies["plain"].__class__(temperature, 0.1)},
+        {"t": {"min_margin": 0.1, "min_top1": None}},
+        max_bytes=1 << 20,
+        max_classes=200,
+        config_version="v",
+    )["t"]
+    done = ext.route(topic, orjson.dumps({"id": "s", "logits": logits}), 0, 0, 0)
+    assert done is not None
+    ref = score(logits, temperature)
+    _, _, _, top1, margin, entropy = done
+    assert (top1, margin, entropy) == (ref.top1, ref.margin, ref.entropy)
+    assert orjson.loads(done[0])["probabilities"] == list(ref.probabilities)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=40), st.integers(1, 1000))
+@example(b"", 3)
+@example(b"user-17", 3)
+def test_keys_land_on_the_partition_the_default_partitioner_picks(key: bytes, n: int) -> None:
+    # aiokafka's DefaultPartitioner: murmur2 (the Java client's), sign bit cleared, modulo n.
+    assert ext.partition_index(key, n) == (murmur2(key) & 0x7FFFFFFF) % n
+
+
+def test_a_slice_is_routed_as_its_records_one_by_one() -> None:
+    topic = FAST.native_topics["cold"]  # type: ignore[index]
+    raws: list[bytes | None] = [e.value for e in traffic.synthetic(50, seed=2, classes=3)]
+    raws += [None, b"not json"]
+    n = len(raws)
+    many = ext.route_many([topic] * n, raws, [1] * n, list(range(n)), [None] * n)
+    one = [None if r is None else ext.route(topic, r, 1, i, None) for i, r in enumerate(raws)]
+    assert many == one
+    with pytest.raises(ValueError, match="unequal length"):
+        ext.route_many([topic], raws, [1], [0], [None])
