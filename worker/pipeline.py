@@ -35,7 +35,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from typing import Any, NamedTuple
 
@@ -84,10 +83,6 @@ class Worker:
         self.settings = settings
         self.metrics = metrics
         self.router = Router(settings)
-        # One thread for the compiled hot path (see _route); none without it.
-        self._routing_thread: ThreadPoolExecutor | None = None
-        if self.router.native_topics is not None:
-            self._routing_thread = ThreadPoolExecutor(1, thread_name_prefix="logit-router-route")
         self.inputs = sorted(settings.topics)
         self._batch_lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
@@ -130,8 +125,6 @@ class Worker:
                 publisher = Publisher(producer, kafka.max_request_size)
             else:
                 stack.push_async_callback(self.txn.close)
-            if self._routing_thread is not None:
-                stack.callback(self._routing_thread.shutdown)
             consumer = make_consumer(kafka, group_id=kafka.group_id)
             await start_within(consumer, kafka, "consumer", stop)
             stack.push_async_callback(self._close_consumer, consumer)
@@ -247,28 +240,12 @@ class Worker:
     async def _route(self, records: list[ConsumedRecord]) -> list[Outbound]:
         """``Router.process`` in slices, letting the event loop run between them: the previous
         batch's acknowledgements and commit need the loop to make progress. (An output depends
-        only on its record, not on the records routed beside it.)
-
-        The compiled part of a slice (reading, scoring and writing its records) runs in the
-        routing thread with the GIL released, so the event loop goes on with its I/O beside
-        it, on the other core: what librdkafka's own threads give a client built on it."""
-        router, thread = self.router, self._routing_thread
-        chunks = [records[i : i + ROUTE_SLICE] for i in range(0, len(records), ROUTE_SLICE)]
+        only on its record, not on the records routed beside it.)"""
         outputs: list[Outbound] = []
-        if thread is None:
-            for k, chunk in enumerate(chunks):
-                if k:
-                    await asyncio.sleep(0)
-                outputs += router.finish(chunk, None)
-            return outputs
-        # The thread works on slice k+1 while the loop finishes slice k.
-        loop = asyncio.get_running_loop()
-        ahead = loop.run_in_executor(thread, router.compiled, chunks[0])
-        for k, chunk in enumerate(chunks):
-            compiled = await ahead
-            if k + 1 < len(chunks):
-                ahead = loop.run_in_executor(thread, router.compiled, chunks[k + 1])
-            outputs += router.finish(chunk, compiled)
+        for start in range(0, len(records), ROUTE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            outputs += self.router.process(records[start : start + ROUTE_SLICE])
         return outputs
 
     async def _settled(self, keep: int = 0) -> set[TopicPartition]:
