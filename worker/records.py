@@ -101,8 +101,7 @@ class Router:
 
     def compiled(self, records: Sequence[ConsumedRecord]) -> list[Compiled | None] | None:
         """The compiled hot path's part: per record its output, or ``None`` where the Python
-        path must do it; ``None`` for the lot when the compiled module is not in use. It
-        releases the GIL while it works, so the pipeline runs it in a thread of its own."""
+        path must do it; ``None`` for the lot when the compiled module is not in use."""
         topics, route_many = self.native_topics, native.route_many
         if topics is None or route_many is None:
             return None
