@@ -369,11 +369,13 @@ pub fn read_event<'a>(raw: &'a [u8], max_classes: usize, out: &mut Vec<u8>) -> O
     Some(Event { logits, labels })
 }
 
-/// `v` (finite) as orjson writes it: ryu's shortest digits in ryu's layout (positional for
-/// decimal exponents -5 to 15: `0.00001`, `1000000000000000.0`; else scientific: `1e-7`),
-/// with one difference: orjson signs a positive exponent (`1e+16` where ryu writes `1e16`).
+/// `v` (finite) as orjson writes it: the shortest digits that read back as `v` (zmij), in
+/// positional form for decimal exponents -5 to 15 (`0.00001`, `1000000000000000.0`), else in
+/// scientific form with a signed exponent (`1e-7`, `1e+16`). zmij lays digits out that way but
+/// for the sign of a positive exponent (`1e16`), added here. `tests/unit/test_native.py`
+/// holds this against `orjson.dumps` on random bit patterns and hypothesis floats.
 pub fn write_f64(out: &mut Vec<u8>, v: f64) {
-    let mut buf = ryu::Buffer::new();
+    let mut buf = zmij::Buffer::new();
     let text = buf.format_finite(v).as_bytes();
     // An exponent has at most three digits and a sign: look for its `e` near the end only.
     let from = text.len().saturating_sub(5);
@@ -382,7 +384,7 @@ pub fn write_f64(out: &mut Vec<u8>, v: f64) {
         .position(|&c| c == b'e')
         .map(|p| p + from)
     {
-        Some(p) if text[p + 1] != b'-' => {
+        Some(p) if !matches!(text[p + 1], b'-' | b'+') => {
             out.extend_from_slice(&text[..=p]);
             out.push(b'+');
             out.extend_from_slice(&text[p + 1..]);
