@@ -14,6 +14,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from worker import native
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,6 +40,9 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path
     summary = orjson.loads(lines[-1])
     assert summary["events_produced"] == EVENTS
     assert summary["environment"]["aiokafka_c_extension"] is True
+    # ./dev builds the compiled hot path wherever cargo is found, and then says so here.
+    expect_native = os.environ.get("LOGIT_ROUTER_EXPECT_NATIVE") == "1"
+    assert summary["environment"]["native_hot_path"] is (expect_native or native.available())
     results = summary["contenders"]
     assert set(results) == {"raw", "worker", "worker_eos", "worker_x2", "quix"}
     assert results["worker_x2"]["processes"] == 2 and results["worker"]["processes"] == 1
