@@ -186,6 +186,15 @@ impl<'a> Reader<'a> {
     }
 
     fn array(&mut self, out: &mut Vec<u8>) -> Option<()> {
+        self.list(out, |r, out| r.value(out))
+    }
+
+    /// `[]` or `[` item (`,` item)* `]`, written as read; `item` reads and writes one element.
+    fn list(
+        &mut self,
+        out: &mut Vec<u8>,
+        mut item: impl FnMut(&mut Self, &mut Vec<u8>) -> Option<()>,
+    ) -> Option<()> {
         self.eat(b'[')?;
         out.push(b'[');
         if self.eat(b']').is_some() {
@@ -193,7 +202,7 @@ impl<'a> Reader<'a> {
             return Some(());
         }
         loop {
-            self.value(out)?;
+            item(self, out)?;
             if self.eat(b',').is_some() {
                 out.push(b',');
             } else {
@@ -285,10 +294,8 @@ pub fn read_event<'a>(raw: &'a [u8], max_classes: usize, out: &mut Vec<u8>) -> O
                 has_id = true;
             }
             b"logits" => {
-                r.eat(b'[')?;
-                out.push(b'[');
                 let mut v = Vec::new();
-                loop {
+                r.list(out, |r, out| {
                     r.ws();
                     if r.peek()? == b'n' {
                         r.literal(b"null", out)?;
@@ -297,40 +304,19 @@ pub fn read_event<'a>(raw: &'a [u8], max_classes: usize, out: &mut Vec<u8>) -> O
                         // Floats only: an integer logit goes through the model's check.
                         v.push(r.number(out)??);
                     }
-                    if v.len() > max_classes {
-                        return None;
-                    }
-                    if r.eat(b',').is_some() {
-                        out.push(b',');
-                    } else {
-                        r.eat(b']')?;
-                        out.push(b']');
-                        break;
-                    }
-                }
+                    (v.len() <= max_classes).then_some(())
+                })?;
                 logits = Some(v);
             }
             b"labels" => {
                 if r.peek()? == b'n' {
                     r.literal(b"null", out)?;
                 } else {
-                    r.eat(b'[')?;
-                    out.push(b'[');
                     let mut v = Vec::new();
-                    if r.eat(b']').is_some() {
-                        out.push(b']');
-                    } else {
-                        loop {
-                            v.push(r.string(out)?);
-                            if r.eat(b',').is_some() {
-                                out.push(b',');
-                            } else {
-                                r.eat(b']')?;
-                                out.push(b']');
-                                break;
-                            }
-                        }
-                    }
+                    r.list(out, |r, out| {
+                        v.push(r.string(out)?);
+                        Some(())
+                    })?;
                     labels = Some(v);
                 }
             }

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -13,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.consumed import Consumed
 from worker import traffic
 from worker.events import EventError, decode_document, decode_routable
 from worker.records import Router
@@ -88,17 +88,6 @@ def test_routable_decoding_agrees_on_records_to_refuse(raw: bytes | None) -> Non
     assert outcome(decode_routable, raw) == outcome(decode_document, raw)
 
 
-@dataclass
-class Rec:  # a plain class: a weak reference can watch it
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-
-
 def test_a_batch_with_every_kind_of_refusal_is_freed_once_done() -> None:
     """Nothing of a batch may outlive it: not through a cycle, nor through a reference the
     garbage collector cannot see (pydantic keeps the error raised in a validator from Rust)."""
@@ -110,7 +99,7 @@ def test_a_batch_with_every_kind_of_refusal_is_freed_once_done() -> None:
         b'{"id": "x", "logits": [1.0, 2.0]}',  # topic_labels_mismatch, from scoring
     ]
     raws += [e.value for e in traffic.synthetic(200, seed=1, classes=3)]
-    records = [Rec("t", 0, i, 0, None, raw, []) for i, raw in enumerate(raws)]
+    records = [Consumed("t", 0, i, 0, None, raw, []) for i, raw in enumerate(raws)]
     watch = [weakref.ref(r) for r in records]
     outputs = Router(settings_).process(records)
     assert len(outputs) == len(records)

@@ -4,11 +4,10 @@ The same corpus runs through a real worker in ``tests/integration/test_hostile.p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import orjson
 import pytest
 
+from tests.consumed import Consumed
 from tests.integration.hostile_corpus import EDGES, HOSTILE, Hostile
 from worker.events import MAX_DEPTH, EventError, decode_event
 from worker.records import DLQ_PREFIX, Router
@@ -24,19 +23,8 @@ SETTINGS = Settings(
 )
 
 
-@dataclass(frozen=True)
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-
-
-def record(item: Hostile, topic: str) -> Record:
-    return Record(
+def record(item: Hostile, topic: str) -> Consumed:
+    return Consumed(
         topic, 2, 7, 1_700_000_000_000, item.record_key(), item.value, item.record_headers()
     )
 
@@ -90,7 +78,7 @@ def test_nesting_is_refused_exactly_past_the_limit() -> None:
 
 
 def test_deepest_accepted_event_can_be_written_back() -> None:
-    rec = Record(UNLABELLED, 0, 0, 0, None, nested(MAX_DEPTH), [])
+    rec = Consumed(UNLABELLED, 0, 0, 0, None, nested(MAX_DEPTH), [])
     [out] = Router(SETTINGS).process([rec])
     assert out.kind in ("routed", "escalated")
     assert out.value is not None and out.value.count(b"[") >= MAX_DEPTH - 1

@@ -15,7 +15,6 @@ import math
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -24,6 +23,7 @@ from aiokafka.partitioner import murmur2
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from tests.consumed import Consumed
 from tests.integration.hostile_corpus import EDGES, HOSTILE
 from worker import native, traffic
 from worker.records import Router
@@ -56,20 +56,9 @@ def _settings(native_on: bool) -> Settings:
 FAST, SLOW = Router(_settings(True)), Router(_settings(False))
 
 
-@dataclass
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-
-
 def both(raws: Sequence[bytes | None], topic: str = "plain") -> list[Any]:
     recs = [
-        Rec(topic, 2, 10 + i, 1_700_000_000_000 + i, b"k", raw, [("h", b"v")])
+        Consumed(topic, 2, 10 + i, 1_700_000_000_000 + i, b"k", raw, [("h", b"v")])
         for i, raw in enumerate(raws)
     ]
     fast, slow = FAST.process(recs), SLOW.process(recs)
