@@ -24,7 +24,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from worker import __version__
+from worker import __version__, native
 from worker.events import Reason
 from worker.histograms import BatchHistogram
 from worker.records import Kind, Outbound
@@ -138,9 +138,17 @@ class Metrics:
         )  # fmt: skip
         # Exposed as ``logit_router_build_info`` (the client appends ``_info``), value 1.
         self.info = Info(
-            p + "build", "Worker version and the hash of its routing config.", registry=registry
+            p + "build",
+            "Worker version, hash of its routing config, its hot path (compiled or python).",
+            registry=registry,
         )
-        self.info.info({"version": __version__, "config_version": settings.config_version})
+        self.info.info(
+            {
+                "version": __version__,
+                "config_version": settings.config_version,
+                "hot_path": "compiled" if native.in_use(settings) else "python",
+            }
+        )
         # The policy of each topic, so a dashboard can draw the threshold over the distribution.
         self.policy_temperature = Gauge(
             p + "policy_temperature", "Softmax temperature configured for the input topic.",

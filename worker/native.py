@@ -1,7 +1,7 @@
 """The compiled hot path (``native/``, Rust), used when it is installed and not switched off.
 
-``logit_router_native.route`` does for one record what ``Router.process`` does in Python
-(decode, score, decide, encode) in one call, and gives the same bytes: the document is written
+``logit_router_native.route_many`` does for each record of a slice what ``Router.process``
+does in Python (decode, score, decide, encode), and gives the same bytes: the document is written
 back as ``orjson.dumps`` writes it, and the scores are the reference's (``routing.score``:
 C-library ``exp`` and ``log``, exactly rounded sums), bit for bit. A record it is not sure of
 (an escape in a string, a key the output sets, anything malformed) it declines, and the Python
@@ -20,6 +20,7 @@ import orjson
 
 from worker import __version__
 from worker.routing import Policy
+from worker.settings import Settings
 
 _ext: ModuleType | None
 try:
@@ -29,13 +30,8 @@ except ImportError:  # built only where cargo was found at install time
 else:
     _ext = logit_router_native
 
-# (value, routed, reason, top1, margin, entropy), or None: "let the Python path do it".
-Route = Callable[
-    [Any, bytes | None, int, int, int | None],
-    tuple[bytes, bool, str | None, float, float, float] | None,
-]
-route: Route | None = _ext.route if _ext is not None else None
-# ``route`` for a slice of records, the GIL released while it works: it may run in a thread.
+# Per record (value, routed, reason, top1, margin, entropy), or None: "let the Python path do
+# it". It releases the GIL while it works.
 RouteMany = Callable[
     [list[Any], list[bytes | None], list[int], list[int], list[int | None]],
     list[tuple[bytes, bool, str | None, float, float, float] | None],
@@ -49,6 +45,11 @@ partition_index: Callable[[bytes, int], int] | None = (
 
 def available() -> bool:
     return _ext is not None
+
+
+def in_use(settings: Settings) -> bool:
+    """Whether the worker routes with the compiled hot path: installed and not switched off."""
+    return settings.processing.native and _ext is not None
 
 
 def topics(

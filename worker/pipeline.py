@@ -133,10 +133,11 @@ class Worker:
             consumer.subscribe(self.inputs, listener=_Listener(self))
             self.started = True
             log.info(
-                "worker started: inputs=%s group=%s guarantee=%s config_version=%s",
+                "worker started: inputs=%s group=%s guarantee=%s hot_path=%s config_version=%s",
                 ",".join(self.inputs),
                 kafka.group_id,
                 self.settings.processing.guarantee,
+                "python" if self.router.native_topics is None else "compiled",
                 self.settings.config_version,
             )
             await self._loop(consumer, publisher, stop)

@@ -87,7 +87,7 @@ class Router:
             for topic, p in self.policies.items()
         }
         self.native_topics: dict[str, Any] | None = None
-        if settings.processing.native and native.available():
+        if native.in_use(settings):
             self.native_topics = native.topics(
                 self.policies,
                 self._policy_docs,

@@ -30,7 +30,7 @@ from tests.integration.helpers import (
     wait_until_committed,
 )
 from tests.prom import DEPLOY, JOB, REPO, Prometheus, http_get, promtool, running_prometheus
-from worker import __version__, traffic
+from worker import __version__, native, traffic
 from worker.health import HealthServer
 from worker.metrics import DEAD_LETTER_REASONS, DECISIONS, ESCALATION_REASONS
 from worker.pipeline import Worker
@@ -293,8 +293,9 @@ def check_prometheus(
     assert len(buckets) > 2 * 40
     for (topic, le), value in buckets.items():
         assert value == want.margin_buckets(topic, le), (topic, le)
-    info = by(f"logit_router_build_info{{{sel}}}", "version", "config_version")
-    assert info == {(__version__, settings.config_version): 1.0}
+    info = by(f"logit_router_build_info{{{sel}}}", "version", "config_version", "hot_path")
+    hot_path = "compiled" if native.in_use(settings) else "python"
+    assert info == {(__version__, settings.config_version, hot_path): 1.0}
     assert by(f"logit_router_assigned_partitions{{{sel}}}") == {(): 6.0}
     lags = by(f"logit_router_consumer_lag_records{{{sel}}}", "topic", "partition")
     assert len(lags) == 6

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.prom import promtool
-from worker import __version__, traffic
+from worker import __version__, native, traffic
 from worker.batch import Item, route_batch
 from worker.events import Reason
 from worker.metrics import (
@@ -100,7 +100,8 @@ def test_every_labelled_series_reads_zero_from_the_start() -> None:
     ):
         assert sample(registry, f"logit_router_{name}_count") == 0
     assert sample(registry, "logit_router_last_processed_timestamp_seconds") == 0
-    info = {"version": __version__, "config_version": s.config_version}
+    hot_path = "compiled" if native.in_use(s) else "python"
+    info = {"version": __version__, "config_version": s.config_version, "hot_path": hot_path}
     assert sample(registry, "logit_router_build_info", **info) == 1
     assert sample(registry, "logit_router_policy_temperature", topic=SUPPORT) == 0.7
     assert sample(registry, "logit_router_policy_min_margin", topic=FRAUD) == 0.3
