@@ -16,13 +16,6 @@ class Topic:
         tail: bytes,
     ) -> None: ...
 
-def route(
-    topic: Topic,
-    raw: bytes | None,
-    partition: int,
-    offset: int,
-    timestamp: int | None,
-) -> tuple[bytes, bool, str | None, float, float, float] | None: ...
 def route_many(
     topics: list[Topic],
     raws: list[bytes | None],

@@ -30,11 +30,12 @@ except ImportError:  # built only where cargo was found at install time
 else:
     _ext = logit_router_native
 
-# Per record (value, routed, reason, top1, margin, entropy), or None: "let the Python path do
-# it". It releases the GIL while it works.
+# What the compiled path gives for a record: value, routed?, reason, top1, margin, entropy.
+Compiled = tuple[bytes, bool, str | None, float, float, float]
+# Per record its Compiled, or None: "let the Python path do it". It releases the GIL.
 RouteMany = Callable[
     [list[Any], list[bytes | None], list[int], list[int], list[int | None]],
-    list[tuple[bytes, bool, str | None, float, float, float] | None],
+    list[Compiled | None],
 ]
 route_many: RouteMany | None = _ext.route_many if _ext is not None else None
 # The default partitioner's choice for a key: an index into the sorted partitions.

@@ -15,6 +15,7 @@ import orjson
 
 from worker import __version__, native
 from worker.events import EventError, decode_routable
+from worker.native import Compiled
 from worker.routing import Policy, Routing, ScoringError, route
 from worker.settings import Settings
 
@@ -42,10 +43,6 @@ class ConsumedRecord(Protocol):
     def value(self) -> bytes | None: ...
     @property
     def headers(self) -> Sequence[tuple[str, bytes]]: ...
-
-
-# What the compiled path gives for a record: value, routed?, reason, top1, margin, entropy.
-Compiled = tuple[bytes, bool, str | None, float, float, float]
 
 
 class Summary(NamedTuple):

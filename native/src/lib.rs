@@ -88,22 +88,9 @@ impl Routed {
     }
 }
 
-/// Routes one record, or returns `None` when the Python path must (see `json.rs`).
-#[pyfunction]
-#[pyo3(signature = (topic, raw, partition, offset, timestamp))]
-fn route<'py>(
-    py: Python<'py>,
-    topic: &Topic,
-    raw: Option<&[u8]>,
-    partition: i64,
-    offset: i64,
-    timestamp: Option<i64>,
-) -> Option<RoutedTuple<'py>> {
-    route_one(topic, raw?, partition, offset, timestamp).map(|r| r.into_tuple(py))
-}
-
-/// `route` for a slice of records (one topic per record), with the GIL released while it
-/// reads, scores and writes: the caller may run it in a thread beside its event loop.
+/// Routes a slice of records (one topic per record): per record its output, or `None` when
+/// the Python path must do it (see `json.rs`). The GIL is released while it reads, scores
+/// and writes.
 #[pyfunction]
 fn route_many<'py>(
     py: Python<'py>,
@@ -282,7 +269,6 @@ fn format_float(py: Python<'_>, v: f64) -> Bound<'_, PyBytes> {
 #[pymodule]
 fn logit_router_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Topic>()?;
-    m.add_function(wrap_pyfunction!(route, m)?)?;
     m.add_function(wrap_pyfunction!(route_many, m)?)?;
     m.add_function(wrap_pyfunction!(partition_index, m)?)?;
     m.add_function(wrap_pyfunction!(fsum, m)?)?;
