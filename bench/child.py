@@ -60,7 +60,7 @@ async def _raw(spec: Spec, stop: asyncio.Event) -> int:
     settings = Settings(**worker_config(spec))
     kafka = settings.kafka
     out = settings.outputs.routed
-    max_records = settings.processing.max_batch_records
+    max_records = settings.processing.batch_records
     producer = make_producer(kafka)
     consumer = make_consumer(kafka, group_id=kafka.group_id)
     await producer.start()

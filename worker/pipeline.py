@@ -2,7 +2,7 @@
 
 Order of work for each batch, and why:
 
-1. ``getmany`` (bounded by ``max_batch_records``) returns records of several partitions.
+1. ``getmany`` (bounded by ``processing.batch_records``) returns records of several partitions.
 2. ``Router.process`` gives exactly one output per input: routed, escalated or dead-letter.
 3. The outputs go to the idempotent producer as record batches, one per output partition, in
    input order (``worker.publish``); then all acknowledgements are awaited together: no
@@ -166,7 +166,7 @@ class Worker:
         try:
             while not stop.is_set():
                 batches = await consumer.getmany(
-                    timeout_ms=FETCH_TIMEOUT_MS, max_records=processing.max_batch_records
+                    timeout_ms=FETCH_TIMEOUT_MS, max_records=processing.batch_records
                 )
                 if not batches:
                     # Nothing to overlap with: finish what is in flight (a stop bounds it).

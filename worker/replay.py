@@ -241,7 +241,7 @@ async def replay(
     if producer is not None:
         await producer.start()
     try:
-        batch_size = settings.processing.max_batch_records
+        batch_size = settings.processing.batch_records
         async for batch in ranges.read(kafka, spans, batch_size, bar.advance):
             outbound = router.process(batch)
             for rec, out in zip(batch, outbound, strict=True):

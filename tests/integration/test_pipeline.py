@@ -19,6 +19,7 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry
 
 from tests.integration.helpers import (
     create_all,
@@ -186,6 +187,39 @@ async def test_exactly_once_from_a_cold_start_processes_each_input_once(
         await wait_until_committed(settings)
     inputs = await read_inputs(settings)
     assert len(inputs) == sent == 2100
+    check_outputs(settings, inputs, await read_outputs(settings), exactly_once=True)
+
+
+async def test_exactly_once_takes_a_backlog_in_batches_of_up_to_5000_by_default(
+    bootstrap: str, uid: str
+) -> None:
+    """With ``max_batch_records`` unset, exactly-once fetches up to 5,000 records a batch (each
+    batch pays a transaction per partition; larger ones amortise it): a backlog goes through in
+    batches past 1,000 and none past 5,000, each input in exactly one committed output."""
+    settings = make_settings(
+        bootstrap, uid, processing={"guarantee": "exactly_once", "max_batch_records": None}
+    )
+    assert settings.processing.batch_records == 5_000
+    await create_all(settings, partitions=1)
+    sent = 0
+    for n, topic in enumerate(sorted(settings.topics)):
+        sent += await traffic.produce(bootstrap, topic, traffic.synthetic(8_000, seed=40 + n))
+    registry = CollectorRegistry()
+    async with running_worker(settings, registry):
+        await wait_until_committed(settings)
+
+    def batches(up_to: str | None = None) -> float:
+        if up_to is None:
+            value = registry.get_sample_value("logit_router_batch_records_count")
+        else:
+            value = registry.get_sample_value("logit_router_batch_records_bucket", {"le": up_to})
+        assert value is not None
+        return value
+
+    assert batches() > batches("1000.0"), "no batch held more than 1,000 records"
+    assert batches() == batches("5000.0"), "a batch held more than 5,000 records"
+    inputs = await read_inputs(settings)
+    assert len(inputs) == sent == 16_000
     check_outputs(settings, inputs, await read_outputs(settings), exactly_once=True)
 
 

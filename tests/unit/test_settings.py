@@ -136,3 +136,26 @@ def test_settings_can_be_built_directly() -> None:
     s = Settings(topics={"a": {"temperature": 2.0}})
     assert s.policies()["a"].temperature == 2.0
     assert s.policies()["a"].min_margin == 0.1
+
+
+@pytest.mark.parametrize(
+    ("processing", "expected"),
+    [
+        ({}, 1_000),
+        ({"guarantee": "exactly_once"}, 5_000),  # larger batches amortise the transactions
+        ({"guarantee": "exactly_once", "max_batch_records": 300}, 300),
+        ({"max_batch_records": 20_000}, 20_000),
+    ],
+)
+def test_batch_size_defaults_to_the_guarantee_and_yields_to_the_config(
+    processing: dict[str, object], expected: int
+) -> None:
+    s = Settings(topics={"a": {}}, processing=processing)
+    assert s.processing.batch_records == expected
+
+
+def test_a_batch_size_out_of_bounds_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[topics.a]\n[processing]\nmax_batch_records = 0\n")
+    with pytest.raises(ConfigError, match=r"processing\.max_batch_records"):
+        load_settings(path)
