@@ -23,6 +23,28 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc).decode()
 
 
+class RetriedLookupIsAWarning(logging.Filter):
+    """aiokafka logs a failed group-coordinator lookup at ERROR and then, for a retriable
+    error, simply retries it: a new cluster answers ``GroupCoordinatorNotAvailable`` until it
+    has created ``__consumer_offsets``. A condition that is retried and passes is a warning
+    (the Java client logs it at INFO), not an error to page someone for; a lookup that fails
+    for good stays an ERROR."""
+
+    MESSAGE = "Group Coordinator Request failed: %s"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if (
+            record.levelno == logging.ERROR
+            and record.msg == self.MESSAGE
+            and args
+            and getattr(args[0], "retriable", False)
+        ):
+            record.levelno = logging.WARNING
+            record.levelname = logging.getLevelName(logging.WARNING)
+        return True
+
+
 def configure(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -33,3 +55,6 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+    if not any(isinstance(f, RetriedLookupIsAWarning) for f in coordinator.filters):
+        coordinator.addFilter(RetriedLookupIsAWarning())
