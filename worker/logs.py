@@ -27,8 +27,8 @@ class RetriedLookupIsAWarning(logging.Filter):
     """aiokafka logs a failed group-coordinator lookup at ERROR and then, for a retriable
     error, simply retries it: a new cluster answers ``GroupCoordinatorNotAvailable`` until it
     has created ``__consumer_offsets``. A condition that is retried and passes is a warning
-    (the Java client logs it at INFO), not an error to page someone for; a lookup that fails
-    for good stays an ERROR."""
+    (the Java client logs it at INFO or DEBUG), not an error to page someone for; a lookup
+    that fails for good stays an ERROR."""
 
     MESSAGE = "Group Coordinator Request failed: %s"
 
@@ -42,6 +42,8 @@ class RetriedLookupIsAWarning(logging.Filter):
         ):
             record.levelno = logging.WARNING
             record.levelname = logging.getLevelName(logging.WARNING)
+            # Re-levelled, it must still clear the level the operator set (``log.level``).
+            return logging.getLogger(record.name).isEnabledFor(logging.WARNING)
         return True
 
 

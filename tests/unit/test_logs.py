@@ -24,17 +24,16 @@ def _restore_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
-def _lookup_failed(err: Exception, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
-    logs.configure("INFO", "json")
+def _lookup_failed(
+    err: Exception, capsys: pytest.CaptureFixture[str], level: str = "INFO"
+) -> list[dict[str, str]]:
+    logs.configure(level, "json")
     logging.getLogger(COORDINATOR).error("Group Coordinator Request failed: %s", err)
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1, lines
-    line: dict[str, str] = orjson.loads(lines[0])
-    return line
+    return [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
 
 
 def test_a_retried_coordinator_lookup_is_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
-    line = _lookup_failed(errors.GroupCoordinatorNotAvailableError(), capsys)
+    [line] = _lookup_failed(errors.GroupCoordinatorNotAvailableError(), capsys)
     assert line["level"] == "WARNING"
     assert line["logger"] == COORDINATOR
     assert "GroupCoordinatorNotAvailable" in line["message"]
@@ -43,7 +42,16 @@ def test_a_retried_coordinator_lookup_is_a_warning(capsys: pytest.CaptureFixture
 def test_a_lookup_that_fails_for_good_stays_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     err = errors.GroupAuthorizationFailedError("g")
     assert not err.retriable
-    assert _lookup_failed(err, capsys)["level"] == "ERROR"
+    [line] = _lookup_failed(err, capsys)
+    assert line["level"] == "ERROR"
+
+
+def test_a_retried_lookup_is_not_shown_when_only_errors_are_asked_for(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert _lookup_failed(errors.GroupCoordinatorNotAvailableError(), capsys, "ERROR") == []
+    [line] = _lookup_failed(errors.GroupAuthorizationFailedError("g"), capsys, "ERROR")
+    assert line["level"] == "ERROR"
 
 
 def test_other_aiokafka_errors_keep_their_level(capsys: pytest.CaptureFixture[str]) -> None:
