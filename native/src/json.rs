@@ -193,12 +193,23 @@ impl<'a> Reader<'a> {
     fn list(
         &mut self,
         out: &mut Vec<u8>,
+        item: impl FnMut(&mut Self, &mut Vec<u8>) -> Option<()>,
+    ) -> Option<()> {
+        self.delimited(b'[', b']', out, item)
+    }
+
+    /// `open` `close`, or `open` item (`,` item)* `close`, written as read.
+    fn delimited(
+        &mut self,
+        open: u8,
+        close: u8,
+        out: &mut Vec<u8>,
         mut item: impl FnMut(&mut Self, &mut Vec<u8>) -> Option<()>,
     ) -> Option<()> {
-        self.eat(b'[')?;
-        out.push(b'[');
-        if self.eat(b']').is_some() {
-            out.push(b']');
+        self.eat(open)?;
+        out.push(open);
+        if self.eat(close).is_some() {
+            out.push(close);
             return Some(());
         }
         loop {
@@ -206,38 +217,25 @@ impl<'a> Reader<'a> {
             if self.eat(b',').is_some() {
                 out.push(b',');
             } else {
-                self.eat(b']')?;
-                out.push(b']');
+                self.eat(close)?;
+                out.push(close);
                 return Some(());
             }
         }
     }
 
     fn object(&mut self, out: &mut Vec<u8>) -> Option<()> {
-        self.eat(b'{')?;
-        out.push(b'{');
-        if self.eat(b'}').is_some() {
-            out.push(b'}');
-            return Some(());
-        }
         let mut keys: Vec<&[u8]> = Vec::new();
-        loop {
-            let key = self.string(out)?;
+        self.delimited(b'{', b'}', out, |r, out| {
+            let key = r.string(out)?;
             if keys.contains(&key) {
                 return None; // orjson keeps the last value at the first place: left to Python
             }
             keys.push(key);
-            self.eat(b':')?;
+            r.eat(b':')?;
             out.push(b':');
-            self.value(out)?;
-            if self.eat(b',').is_some() {
-                out.push(b',');
-            } else {
-                self.eat(b'}')?;
-                out.push(b'}');
-                return Some(());
-            }
-        }
+            r.value(out)
+        })
     }
 
     fn string_or_null(&mut self, out: &mut Vec<u8>) -> Option<Option<&'a [u8]>> {
