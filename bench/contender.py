@@ -18,7 +18,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench import measure
-from bench.load import paced
+from bench.load import paced, prepare
 from bench.spec import POLICIES, PROFILE_ENV, WIDTHS, Spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,10 +52,12 @@ class Run:
     processing: dict[str, Any]
     quix_commit_interval: float
     latency_seconds: float
+    warmup_seconds: float  # the same load before the latency window, left out of its figures
     stall_s: float
     profile_dir: Path | None
     seed: int
     samples_dir: Path | None = None  # --latency-samples: the probe writes NAME.txt there
+    broker_pid: int | None = None  # a local broker: its CPU is measured in the latency window
     created: list[str] = field(default_factory=list)
 
 
@@ -139,7 +141,7 @@ async def run_contender(run: Run, c: Contender, rate: float | None) -> dict[str,
         # The first contender (the worker) sets the load: half of its own rate.
         load = rate if rate is not None else result["events_per_s"] / 2
         try:
-            result["latency"] = await _latency(run, c.name, outputs, latency_inputs, load)
+            result["latency"] = await _latency(run, c.name, procs, outputs, latency_inputs, load)
         except Unavailable as exc:
             result["latency"] = {"error": str(exc)}
     except Unavailable as exc:
@@ -252,29 +254,85 @@ def _memory(procs: list[asyncio.subprocess.Process]) -> dict[str, float]:
 
 
 async def _latency(
-    run: Run, name: str, outputs: dict[str, str], inputs: dict[str, int], rate: float
+    run: Run,
+    name: str,
+    procs: list[asyncio.subprocess.Process],
+    outputs: dict[str, str],
+    inputs: dict[str, int],
+    rate: float,
 ) -> dict[str, Any]:
-    count = max(1, round(rate * run.latency_seconds))
-    deadline = run.latency_seconds * 2 + 60
+    """The paced load for the warm-up and then the window; the probe's percentiles cover the
+    window, and so does the CPU of each process on the machine's cores that the bench knows."""
+    warmup = round(rate * run.warmup_seconds)
+    count = warmup + max(1, round(rate * run.latency_seconds))
+    prepared = prepare(inputs, count, run.seed)
+    deadline = (run.warmup_seconds + run.latency_seconds) * 2 + 60
     dump = str(run.samples_dir / f"{name}.txt") if run.samples_dir else ""
     probe = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.probe", run.bootstrap, str(count), str(deadline), dump,
-        *outputs.values(), stdout=asyncio.subprocess.PIPE, cwd=REPO, env=_child_env(),
+        *outputs.values(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        cwd=REPO, env=_child_env(),
     )  # fmt: skip
-    if probe.stdout is None:  # pragma: no cover - asked for a pipe above
+    if probe.stdout is None or probe.stdin is None:  # pragma: no cover - asked for pipes above
         raise RuntimeError("no pipe to the probe")
+    pids = {"contender": [p.pid for p in procs], "load": [os.getpid()], "probe": [probe.pid]}
+    if run.broker_pid is not None:
+        pids["broker"] = [run.broker_pid]
+    cpu = _CpuWindow(pids)
     try:
         ready = await asyncio.wait_for(probe.stdout.readline(), timeout=60)
         if not ready:
             raise Unavailable("the latency probe did not start")
-        achieved = await paced(run.bootstrap, inputs, rate, count, run.seed)
+        window = await paced(run.bootstrap, prepared, rate, warmup, on_measure=cpu.open)
+        cpu.close()
+        probe.stdin.write(b"%d\n" % window.measured_from_ns)
+        await probe.stdin.drain()
         line = await asyncio.wait_for(probe.stdout.readline(), timeout=deadline + 30)
         found: dict[str, Any] = orjson.loads(line)
     except (TimeoutError, orjson.JSONDecodeError) as exc:
         raise Unavailable(f"the latency probe gave no result: {type(exc).__name__}") from None
     finally:
         await _stop(probe)
-    return {"rate": round(rate, 1), "achieved_rate": round(achieved, 1), "sent": count, **found}
+    return {
+        "rate": round(rate, 1),
+        "achieved_rate": round(window.achieved_rate, 1),
+        "warmup_s": run.warmup_seconds,
+        "sent": count,
+        "warmup_sent": warmup,
+        "measured_from_ns": window.measured_from_ns,
+        **found,
+        "cpu_cores": cpu.cores(),
+    }
+
+
+class _CpuWindow:
+    """CPU time of named groups of processes between ``open`` and ``close``, in cores (CPU
+    seconds per second): what the contender, the broker, the load and the probe each took of
+    the machine while the latency window ran."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids
+        self.start: tuple[float, dict[str, float]] | None = None
+        self.end: tuple[float, dict[str, float]] | None = None
+
+    def _sample(self) -> tuple[float, dict[str, float]]:
+        used: dict[str, float] = {}
+        for group, pids in self.pids.items():
+            with contextlib.suppress(OSError):  # a process gone: the group is left out
+                used[group] = sum(measure.cpu_seconds(pid) for pid in pids)
+        return time.monotonic(), used
+
+    def open(self) -> None:
+        self.start = self._sample()
+
+    def close(self) -> None:
+        self.end = self._sample()
+
+    def cores(self) -> dict[str, float]:
+        if self.start is None or self.end is None or self.end[0] <= self.start[0]:
+            return {}
+        (t0, a), (t1, b) = self.start, self.end
+        return {g: round((b[g] - a[g]) / (t1 - t0), 2) for g in b if g in a}
 
 
 async def _stop(proc: asyncio.subprocess.Process, grace_s: float = 60) -> int | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import orjson
@@ -84,26 +85,41 @@ def prepare(topics: dict[str, int], count: int, seed: int) -> list[Prepared]:
     return out[:count]
 
 
-async def paced(
-    bootstrap: str, topics: dict[str, int], rate: float, count: int, seed: int
-) -> float:
-    """Send ``count`` events at ``rate`` per second, each stamped with ``sent_ns`` as it goes.
+class Window(NamedTuple):
+    """What the paced producer did: its rate over the whole phase, and the stamp of the first
+    event after the warm-up (every earlier event carries a smaller ``sent_ns``)."""
 
-    Returns the rate achieved. Events are prepared before the clock starts; only the stamp and
-    the encoding happen on the way out. Each tick's events go out as record batches
-    (``worker.publish``), so the load costs this process a few µs per event, not the 30 to
-    50 of one ``send`` per event: on two cores that CPU comes out of the contender's share.
+    achieved_rate: float
+    measured_from_ns: int
+
+
+async def paced(
+    bootstrap: str,
+    prepared: Sequence[Prepared],
+    rate: float,
+    warmup: int = 0,
+    on_measure: Callable[[], None] | None = None,
+) -> Window:
+    """Send the ``prepared`` events at ``rate`` per second, each stamped with ``sent_ns``.
+
+    The first ``warmup`` events are the warm-up: the same load, before the window that the
+    percentiles are taken over (``Window.measured_from_ns``); ``on_measure`` is called as the
+    window opens. Events are prepared before the clock starts; only the stamp and the encoding
+    happen on the way out. Each tick's events go out as record batches (``worker.publish``),
+    so the load costs this process a few µs per event, not the 30 to 50 of one ``send`` per
+    event: on two cores that CPU comes out of the contender's share.
     The garbage collector is frozen and off while pacing: with the prepared events alive, a
     full collection here took 300 to 360 ms, every 3 to 5 s, and every contender's tail
     latency carried those pauses of the load generator.
     """
-    prepared = prepare(topics, count, seed)
+    count = len(prepared)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=0, acks="all", max_request_size=PACED_MAX_REQUEST
     )
     await producer.start()
     publisher = Publisher(producer, PACED_MAX_REQUEST)
     futures: list[asyncio.Future[Any]] = []
+    measured_from = 0
     gc.freeze()
     gc.disable()
     try:
@@ -114,6 +130,10 @@ async def paced(
             tick: list[Outbound] = []
             while sent < due:
                 p = prepared[sent]
+                if sent == warmup:
+                    measured_from = time.time_ns()
+                    if on_measure is not None:
+                        on_measure()
                 if isinstance(p.value, dict):
                     p.value["sent_ns"] = time.time_ns()
                     value = orjson.dumps(p.value)
@@ -132,4 +152,6 @@ async def paced(
         gc.enable()
         gc.unfreeze()
         await producer.stop()
-    return count / elapsed if elapsed > 0 else float(count)
+    if warmup >= count:  # nothing after the warm-up: an empty window
+        measured_from = time.time_ns()
+    return Window(count / elapsed if elapsed > 0 else float(count), measured_from)

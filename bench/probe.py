@@ -9,9 +9,11 @@ every output that carries ``sent_ns`` records two latencies, in microseconds:
 * append: the output record's broker timestamp (the bench creates output topics with
   ``message.timestamp.type=LogAppendTime``, 1 ms resolution) minus ``sent_ns``.
 
-It prints ``{"ready": true}`` once positioned, then, after EXPECTED outputs or its deadline,
-one JSON line with the counts and percentiles. With a DUMP_PATH (an empty argument: none) it
-also writes every sample there, one ``sent_ns receipt_us`` line each, in arrival order.
+It prints ``{"ready": true}`` once positioned. After EXPECTED outputs or its deadline it reads
+one line from stdin, the ``sent_ns`` at which the measured window opens (the events before it
+are the warm-up; an empty line: none), and prints one JSON line with the counts and the
+percentiles of the window. With a DUMP_PATH (an empty argument: none) it also writes every
+sample there, warm-up included, one ``sent_ns receipt_us`` line each, in arrival order.
 """
 
 from __future__ import annotations
@@ -43,6 +45,15 @@ def sent_ns(value: bytes | None) -> int | None:
     while end < len(value) and 48 <= value[end] <= 57:
         end += 1
     return int(value[start:end]) if end > start else None
+
+
+def window(
+    stamps: array[int], *latencies: array[int], measured_from_ns: int
+) -> tuple[int, list[list[int]]]:
+    """How many samples were stamped before ``measured_from_ns`` (the warm-up), and each of
+    ``latencies`` restricted to the samples stamped from then on."""
+    keep = [i for i, sent in enumerate(stamps) if sent >= measured_from_ns]
+    return len(stamps) - len(keep), [[lat[i] for i in keep] for lat in latencies]
 
 
 def _dump(path: str, stamps: array[int], receipt: array[int]) -> None:
@@ -85,11 +96,17 @@ async def probe(
                         append.append((r.timestamp * 1_000_000 - sent) // 1000)
         if dump:  # every sample, to see where in the phase a tail comes from
             await asyncio.to_thread(_dump, dump, stamps, receipt)
+        line = await asyncio.to_thread(sys.stdin.readline)
+        measured_from = int(line) if line.strip() else 0
+        warmup, (in_receipt, in_append) = window(
+            stamps, receipt, append, measured_from_ns=measured_from
+        )
         report(
             outputs=seen,
-            timed=len(receipt),
-            receipt_ms=percentiles(receipt),
-            append_ms=percentiles(append),
+            timed=len(in_receipt),
+            warmup_timed=warmup,
+            receipt_ms=percentiles(in_receipt),
+            append_ms=percentiles(in_append),
         )
     finally:
         await asyncio.sleep(0)

@@ -59,6 +59,19 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def latency_line(lat: dict[str, Any]) -> str:
+    """The latency window of one contender: its load, percentiles and who used the CPU."""
+    if "error" in lat or not lat:
+        return f"  latency: not measured: {lat.get('error', '?')}"
+    q = lat.get("receipt_ms") or {}
+    cores = ", ".join(f"{k} {v:.2f}" for k, v in (lat.get("cpu_cores") or {}).items())
+    return (
+        f"  latency at {lat['achieved_rate']:,.0f} events/s after {lat['warmup_s']:g} s of "
+        f"warm-up: p50 {_fmt(q.get('p50'), '.1f')} ms, p99 {_fmt(q.get('p99'), '.1f')} ms; "
+        f"CPU in the window (cores): {cores or '-'}"
+    )
+
+
 def target_lines(checks: list[dict[str, Any]]) -> str:
     lines = []
     for c in checks:

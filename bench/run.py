@@ -48,6 +48,10 @@ CONTENDERS = {
     )
 }
 FULL, QUICK = 1_000_000, 100_000
+# The broker's JIT compiler is still at work on the paths that small, paced requests take for
+# the first 20 to 45 s of a latency phase (see docs/performance.md): figures from then say
+# more about the JVM's warm-up than about the contender.
+WARMUP_S = 30.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +67,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 
@@ -120,7 +134,13 @@ def build_parser() -> _Parser:
         "--latency-seconds",
         type=_positive_float,
         default=20.0,
-        help="length of the latency phase (default 20)",
+        help="length of the latency phase's measured window (default 20)",
+    )
+    p.add_argument(
+        "--warmup-seconds",
+        type=_seconds,
+        default=WARMUP_S,
+        help=f"the same load before that window, left out of its figures (default {WARMUP_S:g})",
     )
     p.add_argument(
         "--set",
@@ -160,7 +180,9 @@ def build_parser() -> _Parser:
     return p
 
 
-async def bench(args: argparse.Namespace, bootstrap: str, source: str) -> dict[str, Any]:
+async def bench(
+    args: argparse.Namespace, bootstrap: str, source: str, broker_pid: int | None = None
+) -> dict[str, Any]:
     env = environment(source)
     print(f"bench: {args.events:,} events over widths {WIDTHS}, {args.partitions} partitions each; "
           f"broker {bootstrap} ({source})")  # fmt: skip
@@ -176,8 +198,9 @@ async def bench(args: argparse.Namespace, bootstrap: str, source: str) -> dict[s
             bootstrap=bootstrap, run_id=run_id, inputs={f"{run_id}-w{w}": w for w in WIDTHS},
             ends={}, partitions=args.partitions, workdir=Path(tmp), kafka=overrides["kafka"],
             processing=overrides["processing"], quix_commit_interval=args.quix_commit_interval,
-            latency_seconds=args.latency_seconds, stall_s=args.stall_seconds, seed=args.seed,
-            profile_dir=args.profile, samples_dir=args.latency_samples,
+            latency_seconds=args.latency_seconds, warmup_seconds=args.warmup_seconds,
+            stall_s=args.stall_seconds, seed=args.seed, profile_dir=args.profile,
+            samples_dir=args.latency_samples, broker_pid=broker_pid,
         )  # fmt: skip
         try:
             return await _measure_all(args, run, env)
@@ -209,6 +232,8 @@ async def _measure_all(args: argparse.Namespace, run: Run, env: dict[str, Any]) 
         line = (f"  {r['events_per_s']:,.0f} events/s, {r['cpu_us_per_event']} us CPU/event"
                 if r.get("available") else f"  not available: {r.get('reason')}")  # fmt: skip
         print(line, flush=True)
+        if r.get("available"):
+            print(report.latency_line(r.get("latency") or {}), flush=True)
         if rate is None and r.get("available"):
             rate = r["events_per_s"] / 2
     raw = results.get("raw", {})
@@ -270,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary: dict[str, Any] = {}
 
             async def go() -> int:
-                summary.update(await bench(args, broker.bootstrap_servers, broker.source))
+                summary.update(
+                    await bench(args, broker.bootstrap_servers, broker.source, broker.pid)
+                )
                 return 0
 
             run_loop(go)
