@@ -11,15 +11,18 @@ import asyncio
 import gc
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from worker.connections import acknowledged
+from worker.publish import Publisher
+from worker.records import Outbound
 from worker.traffic import synthetic
 
 CHUNK = 20_000  # events in flight at once while pre-filling
+PACED_MAX_REQUEST = 1_048_576  # aiokafka's default
 # The paced producer sends what is due every 5 ms: as a producer with Kafka 4's default
 # ``linger.ms`` of 5 (KIP-1030; librdkafka's default too) would. Every event is stamped as it
 # is encoded, so the tick changes when events arrive, not what their latency means.
@@ -61,8 +64,7 @@ async def prefill(bootstrap: str, topics: dict[str, int], total: int, seed: int)
 
 class Prepared(NamedTuple):
     topic: str
-    value: bytes  # malformed bytes as they are, or a document open for its stamp (below)
-    stamped: bool  # ``value + b'<sent_ns>}'`` is the event: orjson's bytes with the field last
+    value: dict[str, Any] | bytes  # a document to stamp and encode, or malformed bytes as is
     key: bytes | None
     headers: list[tuple[str, bytes]]
 
@@ -78,15 +80,8 @@ def prepare(topics: dict[str, int], count: int, seed: int) -> list[Prepared]:
     while len(out) < count:
         for topic, events in streams:
             e = next(events)
-            if e.expect_dead_letter:
-                out.append(Prepared(topic, e.value, False, e.key, e.headers))
-            else:
-                # The document with its generation stamp taken out and ``"sent_ns":`` last,
-                # less the stamp and "}": they are written as the event goes out.
-                doc = orjson.loads(e.value)
-                doc.pop("sent_ns", None)
-                open_doc = orjson.dumps(doc)[:-1] + b',"sent_ns":'
-                out.append(Prepared(topic, open_doc, True, e.key, e.headers))
+            value = e.value if e.expect_dead_letter else orjson.loads(e.value)
+            out.append(Prepared(topic, value, e.key, e.headers))
     return out[:count]
 
 
@@ -96,20 +91,6 @@ class Window(NamedTuple):
 
     achieved_rate: float
     measured_from_ns: int
-
-
-class _Delivery:
-    """Counts the delivery reports of the paced producer; the first failure is kept."""
-
-    def __init__(self) -> None:
-        self.acked = 0
-        self.error: KafkaError | None = None
-
-    def __call__(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is None:
-            self.acked += 1
-        elif self.error is None:
-            self.error = err
 
 
 async def paced(
@@ -123,28 +104,21 @@ async def paced(
 
     The first ``warmup`` events are the warm-up: the same load, before the window that the
     percentiles are taken over (``Window.measured_from_ns``); ``on_measure`` is called as the
-    window opens. Events are encoded before the clock starts; only the stamp is written on
-    the way out.
-
-    The load is an instrument on the contenders' two cores, so it publishes with librdkafka
-    (confluent-kafka, installed with Quix Streams), whose batching and sending run in C
-    threads: with aiokafka the same load took a quarter of a core at 10,000 events/s. Keys
-    are partitioned with murmur2 (``murmur2_random``), as the Java client and aiokafka do:
-    librdkafka's own default would put them elsewhere. The garbage collector is frozen and
-    off while pacing: a full collection with the prepared events alive took 300 to 360 ms,
-    and every contender's tail latency carried those pauses.
+    window opens. Events are prepared before the clock starts; only the stamp and the encoding
+    happen on the way out. Each tick's events go out as record batches (``worker.publish``),
+    so the load costs this process a few µs per event, not the 30 to 50 of one ``send`` per
+    event: on two cores that CPU comes out of the contender's share.
+    The garbage collector is frozen and off while pacing: with the prepared events alive, a
+    full collection here took 300 to 360 ms, every 3 to 5 s, and every contender's tail
+    latency carried those pauses of the load generator.
     """
     count = len(prepared)
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "acks": "all",
-            "linger.ms": 0,  # the tick below is the linger
-            "partitioner": "murmur2_random",
-            "queue.buffering.max.messages": max(100_000, count),
-        }
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=0, acks="all", max_request_size=PACED_MAX_REQUEST
     )
-    delivery = _Delivery()
+    await producer.start()
+    publisher = Publisher(producer, PACED_MAX_REQUEST)
+    futures: list[asyncio.Future[Any]] = []
     measured_from = 0
     gc.freeze()
     gc.disable()
@@ -153,26 +127,31 @@ async def paced(
         sent = 0
         while sent < count:
             due = min(count, int((time.monotonic() - started) * rate) + 1)
+            tick: list[Outbound] = []
             while sent < due:
                 p = prepared[sent]
                 if sent == warmup:
                     measured_from = time.time_ns()
                     if on_measure is not None:
                         on_measure()
-                value = p.value + b"%d}" % time.time_ns() if p.stamped else p.value
-                producer.produce(p.topic, value, p.key, headers=p.headers, on_delivery=delivery)
+                if isinstance(p.value, dict):
+                    p.value["sent_ns"] = time.time_ns()
+                    value = orjson.dumps(p.value)
+                else:
+                    value = p.value
+                tick.append(
+                    Outbound(p.topic, p.key, value, p.headers, "routed", None, "", 0, 0, 0, None)
+                )
                 sent += 1
-            producer.poll(0)  # delivery reports
+            if tick:
+                futures += await publisher.send(tick)
             await asyncio.sleep(TICK_S)
         elapsed = time.monotonic() - started
-        left = await asyncio.to_thread(producer.flush, 60)
+        await acknowledged(futures)
     finally:
         gc.enable()
         gc.unfreeze()
-    if delivery.error is not None or left or delivery.acked != count:
-        raise KafkaException(
-            delivery.error or f"the paced load: {delivery.acked} of {count} events acknowledged"
-        )
+        await producer.stop()
     if warmup >= count:  # nothing after the warm-up: an empty window
         measured_from = time.time_ns()
     return Window(count / elapsed if elapsed > 0 else float(count), measured_from)

@@ -4,9 +4,8 @@
 It reads a contender's output topics (read_committed, from their end offsets at start), and for
 every output that carries ``sent_ns`` records two latencies, in microseconds:
 
-* receipt: this process's wall clock when the consumer handed the record over, minus
-  ``sent_ns`` (what a downstream consumer sees; for exactly-once it includes waiting for the
-  commit);
+* receipt: this process's wall clock when ``getmany`` handed the record over, minus ``sent_ns``
+  (what a downstream consumer sees; for exactly-once it includes waiting for the commit);
 * append: the output record's broker timestamp (the bench creates output topics with
   ``message.timestamp.type=LogAppendTime``, 1 ms resolution) minus ``sent_ns``.
 
@@ -15,28 +14,23 @@ one line from stdin, the ``sent_ns`` at which the measured window opens (the eve
 are the warm-up; an empty line: none), and prints one JSON line with the counts and the
 percentiles of the window. With a DUMP_PATH (an empty argument: none) it also writes every
 sample there, warm-up included, one ``sent_ns receipt_us`` line each, in arrival order.
-
-The probe is an instrument on the contenders' two cores, so it reads with librdkafka
-(confluent-kafka, installed with Quix Streams): fetching and decoding happen in C, and the
-Python loop here touches each record once. With aiokafka it took a quarter of a core at
-10,000 events/s, as much as the broker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import sys
 import time
-import uuid
 from array import array
 
-from confluent_kafka import Consumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
+from bench.measure import partitions
 from bench.spec import die_with_parent, report
 from bench.stats import percentiles
 
 MARK = b'"sent_ns":'
-POSITION_TIMEOUT_S = 30.0
 
 
 def sent_ns(value: bytes | None) -> int | None:
@@ -67,31 +61,19 @@ def _dump(path: str, stamps: array[int], receipt: array[int]) -> None:
         out.writelines(f"{s} {r}\n" for s, r in zip(stamps, receipt, strict=True))
 
 
-def _at_the_end(consumer: Consumer, topics: list[str]) -> list[TopicPartition]:
-    """Every partition of ``topics``, positioned at its end offset now."""
-    metadata = consumer.list_topics(timeout=POSITION_TIMEOUT_S)
-    tps = []
-    for topic in topics:
-        for partition in sorted(metadata.topics[topic].partitions):
-            tp = TopicPartition(topic, partition)
-            _, high = consumer.get_watermark_offsets(tp, timeout=POSITION_TIMEOUT_S)
-            tps.append(TopicPartition(topic, partition, high))
-    return tps
-
-
-def probe(
+async def probe(
     bootstrap: str, expected: int, topics: list[str], deadline_s: float, dump: str | None
 ) -> None:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-probe-{uuid.uuid4().hex[:8]}",  # never joined nor committed
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed"
     )
+    tps = await partitions(bootstrap, topics)
+    await consumer.start()
     try:
-        consumer.assign(_at_the_end(consumer, topics))
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
         report(ready=True)
         # No collector pauses in the figure: every record is freed by reference counting.
         gc.freeze()
@@ -102,20 +84,19 @@ def probe(
         seen = 0
         deadline = time.monotonic() + deadline_s
         while seen < expected and time.monotonic() < deadline:
-            records = consumer.consume(num_messages=10_000, timeout=0.1)
+            batches = await consumer.getmany(timeout_ms=100, max_records=10_000)
             now = time.time_ns()
-            for r in records:
-                if r.error() is not None:  # partition EOF and the like: not a record
-                    continue
-                seen += 1
-                sent = sent_ns(r.value())
-                if sent is not None:
-                    receipt.append((now - sent) // 1000)
-                    stamps.append(sent)
-                    append.append((r.timestamp()[1] * 1_000_000 - sent) // 1000)
+            for records in batches.values():
+                seen += len(records)
+                for r in records:
+                    sent = sent_ns(r.value)
+                    if sent is not None:
+                        receipt.append((now - sent) // 1000)
+                        stamps.append(sent)
+                        append.append((r.timestamp * 1_000_000 - sent) // 1000)
         if dump:  # every sample, to see where in the phase a tail comes from
-            _dump(dump, stamps, receipt)
-        line = sys.stdin.readline()
+            await asyncio.to_thread(_dump, dump, stamps, receipt)
+        line = await asyncio.to_thread(sys.stdin.readline)
         measured_from = int(line) if line.strip() else 0
         warmup, (in_receipt, in_append) = window(
             stamps, receipt, append, measured_from_ns=measured_from
@@ -128,13 +109,14 @@ def probe(
             append_ms=percentiles(in_append),
         )
     finally:
-        consumer.close()
+        await asyncio.sleep(0)
+        await consumer.stop()
 
 
 def main(argv: list[str]) -> int:
     die_with_parent()
     bootstrap, expected, deadline, dump, *topics = argv
-    probe(bootstrap, int(expected), topics, float(deadline), dump or None)
+    asyncio.run(probe(bootstrap, int(expected), topics, float(deadline), dump or None))
     return 0
 
 
