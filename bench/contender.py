@@ -289,7 +289,7 @@ async def _latency(
         await probe.stdin.drain()
         line = await asyncio.wait_for(probe.stdout.readline(), timeout=deadline + 30)
         found: dict[str, Any] = orjson.loads(line)
-    except (TimeoutError, orjson.JSONDecodeError) as exc:
+    except (TimeoutError, ConnectionError, orjson.JSONDecodeError) as exc:  # a probe gone too
         raise Unavailable(f"the latency probe gave no result: {type(exc).__name__}") from None
     finally:
         await _stop(probe)
