@@ -100,6 +100,7 @@ def make_consumer(kafka: KafkaSettings, *, group_id: str | None, **extra: Any) -
         session_timeout_ms=kafka.session_timeout_ms,
         heartbeat_interval_ms=kafka.heartbeat_interval_ms,
         max_poll_interval_ms=kafka.max_poll_interval_ms,
+        fetch_min_bytes=kafka.fetch_min_bytes,
         fetch_max_wait_ms=kafka.fetch_max_wait_ms,
         max_partition_fetch_bytes=kafka.max_partition_fetch_bytes,
         **extra,

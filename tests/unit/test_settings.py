@@ -69,6 +69,7 @@ BAD_FIELDS = [
     ('[topics."t"]\ncolour = "red"', "topics.t.colour", "'red'"),
     ("[kafka]\nbootstrap_servers = ''\n[topics.t]", "kafka.bootstrap_servers", "''"),
     ("[kafka]\nsession_timeout_ms = 5\n[topics.t]", "kafka.session_timeout_ms", "5"),
+    ("[kafka]\nfetch_min_bytes = 0\n[topics.t]", "kafka.fetch_min_bytes", "0"),
     ("[kafka]\nsecurity_protocol = 'SSH'\n[topics.t]", "kafka.security_protocol", "'SSH'"),
     ("[http]\nport = 70000\n[topics.t]", "http.port", "70000"),
     ("[processing]\nguarantee = 'maybe'\n[topics.t]", "processing.guarantee", "'maybe'"),
@@ -159,3 +160,23 @@ def test_a_batch_size_out_of_bounds_is_refused_by_name(tmp_path: Path) -> None:
     path.write_text("[topics.a]\n[processing]\nmax_batch_records = 0\n")
     with pytest.raises(ConfigError, match=r"processing\.max_batch_records"):
         load_settings(path)
+
+
+async def test_the_consumer_fetches_with_the_configured_bounds() -> None:
+    """``kafka.fetch_min_bytes`` and ``kafka.fetch_max_wait_ms`` reach the client, defaults
+    included (64 KiB or 5 ms, whichever comes first: docs/performance.md)."""
+    from worker.connections import make_consumer
+    from worker.settings import KafkaSettings
+
+    default = make_consumer(KafkaSettings(bootstrap_servers="127.0.0.1:9"), group_id="g")
+    tuned = make_consumer(
+        KafkaSettings(bootstrap_servers="127.0.0.1:9", fetch_min_bytes=1, fetch_max_wait_ms=500),
+        group_id="g",
+    )
+    try:
+        # aiokafka keeps them as given until start() hands them to its fetcher.
+        assert (default._fetch_min_bytes, default._fetch_max_wait_ms) == (65_536, 5)
+        assert (tuned._fetch_min_bytes, tuned._fetch_max_wait_ms) == (1, 500)
+    finally:
+        await default.stop()
+        await tuned.stop()
