@@ -73,9 +73,10 @@ class KafkaSettings(BaseModel):
     # How long the worker may go without reaching the brokers before it gives up, exit 1.
     connect_timeout_s: float = Field(30.0, gt=0.0)
     # A fetch is answered once 64 KiB are there or after 5 ms, not for each first record: at
-    # half load (16,000 events/s, bench) that halved the worker's p99 (121-189 -> 53-73 ms in
-    # paired runs) and took 0.05 of a core off the broker; at low rates it adds at most 5 ms. An
-    # idle worker asks every 5 ms: raise fetch_max_wait_ms where that matters more.
+    # 16,000 events/s that halved the worker's p99 in three paired quick benchmark runs (121-189
+    # -> 53-73 ms; a full run did not show it: docs/performance.md) and took 0.05 of a core off
+    # the broker; at low rates it adds at most 5 ms. An idle worker asks every 5 ms: raise
+    # fetch_max_wait_ms where that matters more.
     fetch_min_bytes: int = Field(65_536, ge=1)
     fetch_max_wait_ms: int = Field(5, ge=0)
     max_partition_fetch_bytes: int = Field(1_048_576, ge=1024)
