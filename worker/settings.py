@@ -74,7 +74,7 @@ class KafkaSettings(BaseModel):
     connect_timeout_s: float = Field(30.0, gt=0.0)
     # A fetch is answered once 64 KiB are there or after 5 ms, not for each first record: at
     # 16,000 events/s that halved the worker's p99 in three paired quick benchmark runs (121-189
-    # -> 53-73 ms; a full run did not show it: docs/performance.md) and took 0.05 of a core off
+    # -> 53-73 ms; paired full runs split: docs/performance.md) and took 0.05 of a core off
     # the broker; at low rates it adds at most 5 ms. An idle worker asks every 5 ms: raise
     # fetch_max_wait_ms where that matters more.
     fetch_min_bytes: int = Field(65_536, ge=1)
