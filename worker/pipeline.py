@@ -23,6 +23,10 @@ per input partition (see ``worker.transactions``): outputs and offsets commit to
 at all; an aborted batch is fetched again from its first offset. A partition's transactions
 run one at a time, so the next batch is routed while one is in flight and sent after it.
 
+The lag gauge is refreshed by a task of its own every ``LAG_REFRESH_S``, not per batch: the
+refresh asks the client for every assigned partition's position, and per batch that was CPU
+taken from the batches at half load (``docs/performance.md``).
+
 A rebalance waits for the batch in hand (``_batch_lock``) and those in flight before
 partitions are given up, so finished work is committed by the owner that did it. On stop,
 fetching stops, all of them are finished within ``processing.drain_timeout_s`` (one bound for
@@ -62,6 +66,9 @@ FETCH_TIMEOUT_MS = 200  # how long one getmany may wait: also how fast a stop is
 ROUTE_SLICE = 250  # records routed between two turns of the event loop
 
 MAX_IN_FLIGHT = 2  # batches sent and not yet committed (at-least-once)
+# How often the lag gauge is refreshed: far more often than any scrape, and at most two looks
+# at every assigned partition a second, whatever the batch rate.
+LAG_REFRESH_S = 0.5
 
 
 class InFlight(NamedTuple):
@@ -131,6 +138,8 @@ class Worker:
             await self._check_topics(consumer)
             self._consumer = consumer
             consumer.subscribe(self.inputs, listener=_Listener(self))
+            lag = asyncio.create_task(self._refresh_lag(consumer))
+            stack.push_async_callback(_cancelled, lag)  # before the consumer closes
             self.started = True
             log.info(
                 "worker started: inputs=%s group=%s guarantee=%s hot_path=%s config_version=%s",
@@ -173,7 +182,6 @@ class Worker:
                     settling = asyncio.create_task(self._settled())
                     await _finish_within(settling, stop, drain)
                     self._refetch(consumer, settling.result())
-                    await self._update_lag(consumer)
                     continue
                 task = asyncio.create_task(self._step(consumer, publisher, batches))
                 await _finish_within(task, stop, drain)
@@ -276,7 +284,6 @@ class Worker:
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.last_processed.set(acked)
         self.processed += len(committed)
-        await self._update_lag(consumer)
         return unsettled
 
     def _release(self, batches: dict[TopicPartition, list[Any]]) -> None:
@@ -409,10 +416,20 @@ class Worker:
             )
         await asyncio.sleep(0.5)
 
+    async def _refresh_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Refresh the lag gauge every ``LAG_REFRESH_S`` until cancelled. A refresh that fails
+        is logged and the next one tried: the gauge never stops the worker."""
+        while True:
+            await asyncio.sleep(LAG_REFRESH_S)
+            try:
+                await self._update_lag(consumer)
+            except Exception as exc:  # noqa: BLE001 - a metric, not the pipeline
+                log.warning("consumer lag not refreshed: %s: %s", type(exc).__name__, exc)
+
     async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
-        """Lag of every assigned partition, whether or not this batch had records of it: the
-        end last seen in a fetch (highwater) minus the next offset to fetch (position), plus
-        the records fetched and not yet committed: the records not yet processed."""
+        """Lag of every assigned partition: the end last seen in a fetch (highwater) minus the
+        next offset to fetch (position), plus the records fetched and not yet committed: the
+        records not yet processed."""
         ends = {tp: consumer.highwater(tp) for tp in consumer.assignment()}
         for tp, end in ends.items():
             if end is None:
@@ -421,7 +438,9 @@ class Worker:
                 async with asyncio.timeout(0.1):  # immediate unless the position is being reset
                     position = await consumer.position(tp)
             except (TimeoutError, IllegalStateError):
-                continue  # measured again after the next poll
+                continue  # measured again at the next refresh
+            if tp not in self.assignment:
+                continue  # revoked while its position was awaited: its series is gone
             held = sum(len(batch.get(tp, ())) for batch in self._held)
             self.metrics.set_lag(tp.topic, tp.partition, end - position + held)
 
@@ -492,6 +511,11 @@ async def _finish_within(task: asyncio.Task[Any], stop: asyncio.Event, drain: _D
                 "their offsets stay uncommitted and will be redelivered"
             )
     task.result()
+
+
+async def _cancelled(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def _source(o: Outbound) -> TopicPartition:

@@ -30,7 +30,7 @@ from tests.integration.helpers import (
     wait_until_committed,
 )
 from tests.prom import DEPLOY, JOB, REPO, Prometheus, http_get, promtool, running_prometheus
-from worker import __version__, native, traffic
+from worker import __version__, native, pipeline, traffic
 from worker.health import HealthServer
 from worker.metrics import DEAD_LETTER_REASONS, DECISIONS, ESCALATION_REASONS
 from worker.pipeline import Worker
@@ -109,8 +109,10 @@ def test_with_bool_turns_each_comparison_into_a_bool_comparison() -> None:
 
 
 async def test_readyz_waits_for_partitions_and_healthz_answers_during_a_batch(
-    bootstrap: str, uid: str
+    bootstrap: str, uid: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    refresh_s = 0.01  # the lag gauge's refresh, shortened: a refresh follows nearly every batch
+    monkeypatch.setattr(pipeline, "LAG_REFRESH_S", refresh_s)
     settings = make_settings(
         bootstrap,
         uid,
@@ -136,7 +138,8 @@ async def test_readyz_waits_for_partitions_and_healthz_answers_during_a_batch(
         # "during a batch" when the batch lock was held, and the count of finished batches was
         # the same, both before the request and after its answer: one batch spanned it.
         # Meanwhile, the lag over all assigned partitions is what is left of the backlog.
-        during, statuses, left = 0, Counter[int](), []
+        during, statuses = 0, Counter[int]()
+        left: list[tuple[float, int, float]] = []  # (when, backlog, lag) while it is worked off
         started = time.monotonic()
         while worker.processed < total:
             busy = worker._batch_lock.locked()
@@ -146,14 +149,21 @@ async def test_readyz_waits_for_partitions_and_healthz_answers_during_a_batch(
             same = sample(registry, "logit_router_batch_duration_seconds_count") == done
             during += busy and worker._batch_lock.locked() and same
             if 0 < worker.processed < total:
-                left.append((total - worker.processed, lag_total(registry)))
+                left.append((time.monotonic(), total - worker.processed, lag_total(registry)))
             await until_deadline(started, "the backlog")
         assert statuses == {200: sum(statuses.values())}
         assert during > 0, "no /healthz answer arrived while a batch was in hand"
+
         # Every partition counts, also those without records in the last batch: once each
-        # has been fetched, the lag is exactly the records not yet processed.
-        assert all(lag <= backlog for backlog, lag in left), left
-        assert any(lag == backlog for backlog, lag in left), left
+        # has been fetched, a refresh sets the lag to exactly the records not yet processed.
+        # Between refreshes it holds, so a reading is never more than the backlog was one
+        # refresh earlier (0.25 s of slack for a late refresh; the backlog only shrinks).
+        def backlog_before(when: float) -> int:
+            earlier = [backlog for t, backlog, _ in left if t <= when - refresh_s - 0.25]
+            return earlier[-1] if earlier else total
+
+        assert all(lag <= backlog_before(t) for t, _, lag in left), left
+        assert any(lag == backlog for _, backlog, lag in left), left
         await wait_until_committed(settings)
 
         async def lags() -> dict[tuple[str, str], float]:
