@@ -4,18 +4,19 @@ router outputs is counted and observed as it was decided, and the exposition pas
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.prom import promtool
-from worker import __version__, native, traffic
+from worker import __version__, native, pipeline, traffic
 from worker.batch import Item, route_batch
 from worker.events import Reason
 from worker.metrics import (
@@ -26,6 +27,7 @@ from worker.metrics import (
     UNIT_BUCKETS,
     Metrics,
 )
+from worker.pipeline import Worker
 from worker.records import Outbound, Router
 from worker.routing import Policy, ScoringError
 from worker.settings import Settings
@@ -223,6 +225,37 @@ def test_lag_series_follow_the_assignment() -> None:
         is None
     )
     assert sample(registry, "logit_router_consumer_lag_records", topic=FRAUD, partition="0") == 0
+
+
+async def test_a_failed_lag_refresh_is_logged_and_the_refreshes_go_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lag gauge is refreshed on a task of its own: a refresh that raises is logged, and
+    the next one runs; a metric never stops the worker."""
+    worker = Worker(settings(), Metrics(settings(), CollectorRegistry()))
+    refreshes = 0
+    third = asyncio.Event()
+
+    async def update_lag(consumer: object) -> None:
+        nonlocal refreshes
+        refreshes += 1
+        if refreshes == 3:
+            third.set()
+        if refreshes == 1:
+            raise RuntimeError("no position yet")
+
+    monkeypatch.setattr(worker, "_update_lag", update_lag)
+    monkeypatch.setattr(pipeline, "LAG_REFRESH_S", 0.001)
+    task = asyncio.create_task(worker._refresh_lag(cast(Any, None)))
+    try:
+        async with asyncio.timeout(10):
+            await third.wait()
+        assert not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["consumer lag not refreshed: RuntimeError: no position yet"]
 
 
 def test_two_metrics_objects_on_two_registries_do_not_clash() -> None:
