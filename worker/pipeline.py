@@ -504,8 +504,7 @@ async def _finish_within(task: asyncio.Task[Any], stop: asyncio.Event, drain: _D
     if not task.done():
         done, _ = await asyncio.wait({task}, timeout=drain.remaining())
         if not done:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await _cancelled(task)
             raise DrainTimeout(
                 f"the batches in hand did not finish within {drain.bound_s:g}s; "
                 "their offsets stay uncommitted and will be redelivered"
@@ -514,6 +513,7 @@ async def _finish_within(task: asyncio.Task[Any], stop: asyncio.Event, drain: _D
 
 
 async def _cancelled(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has finished, whatever it ended with."""
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 
