@@ -19,10 +19,11 @@ _INSTALL_HINT: Final = (
     "or set KAFKA_BOOTSTRAP_SERVERS"
 )
 _LOOPBACK: Final = "127.0.0.1"
-# Kafka's own default (``kafka-server-start.sh``: ``KAFKA_HEAP_OPTS="-Xmx1G -Xms1G"``). A fixed
-# heap lets G1 size its young generation to it from the start: at 16,000 events/s the broker paused
-# for a young collection every 3 s instead of every 0.6 s with a heap that began at 128 MiB,
-# and those pauses stall every client on a 2-core machine (docs/performance.md).
+# Kafka's own default (``kafka-server-start.sh``: ``KAFKA_HEAP_OPTS="-Xmx1G -Xms1G"``). With the
+# heap fixed, G1 sizes its young generation by its pause goal from the start; a heap that began
+# at 128 MiB kept it small, and at 16,000 events/s the broker paused for a young collection
+# every 0.6 s instead of every 3 s: pauses that stall every client on a 2-core machine
+# (docs/performance.md).
 _HEAP: Final = ("-Xms1g", "-Xmx1g")
 
 Source = Literal["env", "docker", "local"]
