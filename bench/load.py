@@ -13,20 +13,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import confluent_kafka
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from worker.connections import acknowledged
-from worker.publish import Publisher
-from worker.records import Outbound
 from worker.traffic import synthetic
 
 CHUNK = 20_000  # events in flight at once while pre-filling
-PACED_MAX_REQUEST = 1_048_576  # aiokafka's default
 # The paced producer sends what is due every 5 ms: as a producer with Kafka 4's default
 # ``linger.ms`` of 5 (KIP-1030; librdkafka's default too) would. Every event is stamped as it
 # is encoded, so the tick changes when events arrive, not what their latency means.
 TICK_S = 0.005
+FLUSH_S = 60.0  # how long the paced load waits for its last acknowledgements
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -104,21 +102,44 @@ async def paced(
 
     The first ``warmup`` events are the warm-up: the same load, before the window that the
     percentiles are taken over (``Window.measured_from_ns``); ``on_measure`` is called as the
-    window opens. Events are prepared before the clock starts; only the stamp and the encoding
-    happen on the way out. Each tick's events go out as record batches (``worker.publish``),
-    so the load costs this process a few µs per event, not the 30 to 50 of one ``send`` per
-    event: on two cores that CPU comes out of the contender's share.
+    window opens. The pacing runs in a thread of its own (``_pace``), so this process's event
+    loop stays free.
+    """
+    return await asyncio.to_thread(_pace, bootstrap, prepared, rate, warmup, on_measure)
+
+
+def _pace(
+    bootstrap: str,
+    prepared: Sequence[Prepared],
+    rate: float,
+    warmup: int,
+    on_measure: Callable[[], None] | None,
+) -> Window:
+    """The paced producer. Events are prepared before the clock starts; only the stamp and the
+    encoding happen on the way out.
+
+    It is librdkafka (confluent-kafka), not aiokafka. aiokafka's sender keeps one request in
+    flight per broker, so a tick's events wait until the tick before is acknowledged: alone
+    with a consumer at 16,000 events/s, that producer gave a p99 of 11 to 57 ms of its own,
+    librdkafka (up to five requests in flight) 4 to 5 ms, for less than half the CPU
+    (``docs/performance.md``). ``linger.ms`` is 1: a tick's events are
+    handed over within a fraction of a millisecond, and with no linger librdkafka's sender
+    woke at the first of them and sent each tick as several small requests. The stamp is
+    taken before that millisecond, so every latency includes it.
     The garbage collector is frozen and off while pacing: with the prepared events alive, a
     full collection here took 300 to 360 ms, every 3 to 5 s, and every contender's tail
     latency carried those pauses of the load generator.
     """
     count = len(prepared)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=0, acks="all", max_request_size=PACED_MAX_REQUEST
+    failed: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(str(err))
+
+    producer = confluent_kafka.Producer(
+        {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 1}
     )
-    await producer.start()
-    publisher = Publisher(producer, PACED_MAX_REQUEST)
-    futures: list[asyncio.Future[Any]] = []
     measured_from = 0
     gc.freeze()
     gc.disable()
@@ -127,7 +148,6 @@ async def paced(
         sent = 0
         while sent < count:
             due = min(count, int((time.monotonic() - started) * rate) + 1)
-            tick: list[Outbound] = []
             while sent < due:
                 p = prepared[sent]
                 if sent == warmup:
@@ -139,19 +159,20 @@ async def paced(
                     value = orjson.dumps(p.value)
                 else:
                     value = p.value
-                tick.append(
-                    Outbound(p.topic, p.key, value, p.headers, "routed", None, "", 0, 0, 0, None)
+                producer.produce(
+                    p.topic, value, key=p.key, headers=p.headers, on_delivery=delivered
                 )
                 sent += 1
-            if tick:
-                futures += await publisher.send(tick)
-            await asyncio.sleep(TICK_S)
+            producer.poll(0)  # delivery reports
+            time.sleep(TICK_S)
         elapsed = time.monotonic() - started
-        await acknowledged(futures)
+        left = producer.flush(FLUSH_S)
     finally:
         gc.enable()
         gc.unfreeze()
-        await producer.stop()
+    if left or failed:
+        reason = failed[0] if failed else f"not acknowledged within {FLUSH_S:g}s"
+        raise RuntimeError(f"the paced load lost {left + len(failed)} events: {reason}")
     if warmup >= count:  # nothing after the warm-up: an empty window
         measured_from = time.time_ns()
     return Window(count / elapsed if elapsed > 0 else float(count), measured_from)
