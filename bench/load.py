@@ -120,12 +120,13 @@ def _pace(
 
     It is librdkafka (confluent-kafka), not aiokafka. aiokafka's sender keeps one request in
     flight per broker, so a tick's events wait until the tick before is acknowledged: alone
-    with a consumer at 16,000 events/s, that producer gave a p99 of 11 to 57 ms of its own,
+    with a consumer at 16,000 events/s, that producer gave a p99 of 11 to 43 ms of its own,
     librdkafka (up to five requests in flight) 4 to 5 ms, for less than half the CPU
-    (``docs/performance.md``). ``linger.ms`` is 1: a tick's events are
-    handed over within a fraction of a millisecond, and with no linger librdkafka's sender
-    woke at the first of them and sent each tick as several small requests. The stamp is
-    taken before that millisecond, so every latency includes it.
+    (``docs/performance.md``). ``linger.ms`` is 1: a tick's events are handed over within a
+    fraction of a millisecond, and with no linger librdkafka's sender woke at the first of
+    them and sent each tick as several small requests. The stamp is taken before that
+    millisecond, so every latency includes it. Keys are placed by murmur2, as the Java client
+    and aiokafka place them (librdkafka's default hashes with CRC32).
     The garbage collector is frozen and off while pacing: with the prepared events alive, a
     full collection here took 300 to 360 ms, every 3 to 5 s, and every contender's tail
     latency carried those pauses of the load generator.
@@ -138,7 +139,13 @@ def _pace(
             failed.append(str(err))
 
     producer = confluent_kafka.Producer(
-        {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 1}
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 1,
+            "partitioner": "murmur2_random",
+        }
     )
     measured_from = 0
     gc.freeze()
