@@ -97,9 +97,5 @@ async def count_records(
     return counted
 
 
-async def partitions(bootstrap: str, topics: Iterable[str]) -> list[TopicPartition]:
-    return await admin.partitions(KafkaSettings(bootstrap_servers=bootstrap), topics)
-
-
 async def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
     return await admin.end_offsets(KafkaSettings(bootstrap_servers=bootstrap), topics)
