@@ -142,7 +142,7 @@ def test_settings_can_be_built_directly() -> None:
 @pytest.mark.parametrize(
     ("processing", "expected"),
     [
-        ({}, 1_000),
+        ({}, 2_000),
         ({"guarantee": "exactly_once"}, 5_000),  # larger batches amortise the transactions
         ({"guarantee": "exactly_once", "max_batch_records": 300}, 300),
         ({"max_batch_records": 20_000}, 20_000),
