@@ -98,9 +98,11 @@ class Metrics:
             p + "batch_duration_seconds", "Time to score, publish and commit one batch.",
             buckets=SECONDS_BUCKETS, registry=registry,
         )  # fmt: skip
+        # The default bounds (2,000 at-least-once, 5,000 exactly-once) are bucket bounds, so
+        # full batches, the sign of a backlog, can be counted.
         self.batch_records = Histogram(
             p + "batch_records", "Records per processed batch.",
-            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000), registry=registry,
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000), registry=registry,
         )  # fmt: skip
         self.latency = BatchHistogram(
             p + "end_to_end_latency_seconds",
