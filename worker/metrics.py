@@ -29,7 +29,7 @@ from worker.events import Reason
 from worker.histograms import BatchHistogram
 from worker.records import Kind, Outbound
 from worker.routing import EscalationReason
-from worker.settings import Settings
+from worker.settings import BATCH_RECORDS, EXACTLY_ONCE_BATCH_RECORDS, Settings
 
 DECISIONS: tuple[str, ...] = get_args(Kind)
 ESCALATION_REASONS: tuple[str, ...] = get_args(EscalationReason)
@@ -98,11 +98,13 @@ class Metrics:
             p + "batch_duration_seconds", "Time to score, publish and commit one batch.",
             buckets=SECONDS_BUCKETS, registry=registry,
         )  # fmt: skip
-        # The default bounds (2,000 at-least-once, 5,000 exactly-once) are bucket bounds, so
-        # full batches, the sign of a backlog, can be counted.
+        # Each guarantee's default bound is a bucket bound, so full batches, the sign of a
+        # backlog, can be counted.
         self.batch_records = Histogram(
             p + "batch_records", "Records per processed batch.",
-            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000), registry=registry,
+            buckets=sorted({1, 10, 50, 100, 250, 500, 1000, BATCH_RECORDS,
+                            EXACTLY_ONCE_BATCH_RECORDS, 10000}),
+            registry=registry,
         )  # fmt: skip
         self.latency = BatchHistogram(
             p + "end_to_end_latency_seconds",
