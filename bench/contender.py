@@ -57,7 +57,7 @@ class Run:
     profile_dir: Path | None
     seed: int
     samples_dir: Path | None = None  # --latency-samples: the probe writes NAME.txt there
-    broker_pid: int | None = None  # a local broker: its CPU is measured in the latency window
+    broker_pid: int | None = None  # a local broker: its CPU is measured in both phases
     created: list[str] = field(default_factory=list)
 
 
@@ -177,8 +177,10 @@ async def _throughput(
 ) -> dict[str, Any]:
     """Poll the group's commits until they reach the pre-filled end offsets. With several
     processes (replicas in one group), CPU and memory are their sums, and the phase starts
-    when the first of them consumes."""
+    when the first of them consumes. A local broker's CPU is taken from the first report
+    seen to the end: with the contender's, it says how full the two cores were."""
     total = sum(run.ends.values())
+    broker_from: tuple[float, float] | None = None  # wall time, broker CPU seconds
     admin = AIOKafkaAdminClient(bootstrap_servers=run.bootstrap)
     await admin.start()
     firsts: list[dict[str, Any] | None] = [None] * len(procs)
@@ -193,6 +195,8 @@ async def _throughput(
                         raise Unavailable(f"settings refused: {msg['refused']}")
                     if "first_consumed" in msg:
                         firsts[i] = msg
+                        if broker_from is None and run.broker_pid is not None:
+                            broker_from = (time.time(), measure.cpu_seconds(run.broker_pid))
             for proc in procs:
                 if proc.returncode is not None:
                     raise Unavailable(f"exited with status {proc.returncode}: {_tail(log_path)}")
@@ -203,6 +207,7 @@ async def _throughput(
             if done >= total:
                 finished = time.time()
                 cpu_end = [measure.cpu_seconds(p.pid) for p in procs]
+                broker_cpu = _broker_cores(run.broker_pid, broker_from, finished)
                 break
             if done > last_done:
                 last_done, last_move = done, time.monotonic()
@@ -227,6 +232,9 @@ async def _throughput(
     first_consumed = min(f["first_consumed"] for f in started)
     seconds = finished - first_consumed
     cpu = sum(end - (f["cpu"] if f else 0.0) for end, f in zip(cpu_end, firsts, strict=True))
+    cores = {"contender": round(cpu / seconds, 2)}
+    if broker_cpu is not None:
+        cores["broker"] = broker_cpu
     return {
         "available": True,
         "processes": len(procs),
@@ -236,11 +244,22 @@ async def _throughput(
         "events_per_s": round(total / seconds, 1),
         "cpu_s": round(cpu, 2),
         "cpu_us_per_event": round(1e6 * cpu / total, 2),
+        "cpu_cores": cores,
         "peak_rss_mb": round(mem["VmHWM"], 1),
         "rss_mb_at_10pct": round(rss_tenth or mem["VmRSS"], 1),
         "rss_mb_at_end": round(mem["VmRSS"], 1),
         "rss_growth": round(mem["VmRSS"] / (rss_tenth or mem["VmRSS"]) - 1, 4),
     }
+
+
+def _broker_cores(pid: int | None, since: tuple[float, float] | None, until: float) -> float | None:
+    """The local broker's CPU from ``since`` to now, in cores; None for an external one."""
+    if pid is None or since is None or until <= since[0]:
+        return None
+    try:
+        return round((measure.cpu_seconds(pid) - since[1]) / (until - since[0]), 2)
+    except OSError:  # the broker is gone: the run fails on its own
+        return None
 
 
 def _memory(procs: list[asyncio.subprocess.Process]) -> dict[str, float]:

@@ -59,6 +59,17 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def throughput_line(r: dict[str, Any]) -> str:
+    """The throughput phase of one contender, with who used the CPU while it ran."""
+    if not r.get("available"):
+        return f"  not available: {r.get('reason')}"
+    cores = ", ".join(f"{k} {v:.2f}" for k, v in (r.get("cpu_cores") or {}).items())
+    return (
+        f"  {r['events_per_s']:,.0f} events/s, {r['cpu_us_per_event']} us CPU/event; "
+        f"CPU in the phase (cores): {cores or '-'}"
+    )
+
+
 def latency_line(lat: dict[str, Any]) -> str:
     """The latency window of one contender: its load, percentiles and who used the CPU."""
     if "error" in lat or not lat:

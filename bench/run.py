@@ -230,9 +230,7 @@ async def _measure_all(args: argparse.Namespace, run: Run, env: dict[str, Any]) 
             r = {"name": name, "label": c.label, "available": False,
                  "reason": f"{type(exc).__name__}: {exc}"}  # fmt: skip
         results[name] = r
-        line = (f"  {r['events_per_s']:,.0f} events/s, {r['cpu_us_per_event']} us CPU/event"
-                if r.get("available") else f"  not available: {r.get('reason')}")  # fmt: skip
-        print(line, flush=True)
+        print(report.throughput_line(r), flush=True)
         if r.get("available"):
             print(report.latency_line(r.get("latency") or {}), flush=True)
         if rate is None and r.get("available"):

@@ -57,6 +57,10 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path
         assert r["transactional_outputs"] is (name == "worker_eos")
         assert r["events_per_s"] > 0 and r["cpu_s"] >= 0 and r["peak_rss_mb"] > 0
         assert r["rss_mb_at_10pct"] > 0 and r["rss_mb_at_end"] > 0
+        # The throughput phase's CPU in cores; the broker's only when it is the bench's own.
+        assert set(r["cpu_cores"]) == {"contender"}, name
+        cores, rounding = r["cpu_s"] / r["seconds"], 0.005 / r["seconds"] + 0.005  # cpu_s: 0.01
+        assert r["cpu_cores"]["contender"] == pytest.approx(cores, abs=rounding), name
         lat = r["latency"]
         assert lat["warmup_sent"] == WARMUP_EVENTS
         assert lat["sent"] == WARMUP_EVENTS + LATENCY_EVENTS <= lat["outputs"]
