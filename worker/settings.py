@@ -72,13 +72,14 @@ class KafkaSettings(BaseModel):
     request_timeout_ms: int = Field(40_000, ge=1_000)
     # How long the worker may go without reaching the brokers before it gives up, exit 1.
     connect_timeout_s: float = Field(30.0, gt=0.0)
-    # A fetch is answered once 64 KiB are there or after 5 ms, not for each first record: at
-    # 16,000 events/s that halved the worker's p99 in three paired quick benchmark runs (121-189
-    # -> 53-73 ms; paired full runs split: docs/performance.md) and took 0.05 of a core off
-    # the broker; at low rates it adds at most 5 ms. An idle worker asks every 5 ms: raise
+    # A fetch is answered once 192 KiB are there or after 10 ms, not for each first record:
+    # fewer, larger batches. At 20,000 events/s, in three paired benchmark runs against 64 KiB
+    # or 5 ms, it took a sixth off the worker's CPU and up to a third off the broker's, and the
+    # p99 went from 33-42 to 30-34 ms, for 3 to 6 ms more on the median (docs/performance.md).
+    # At low rates it adds at most 10 ms. An idle worker asks every 10 ms: raise
     # fetch_max_wait_ms where that matters more.
-    fetch_min_bytes: int = Field(65_536, ge=1)
-    fetch_max_wait_ms: int = Field(5, ge=0)
+    fetch_min_bytes: int = Field(196_608, ge=1)
+    fetch_max_wait_ms: int = Field(10, ge=0)
     max_partition_fetch_bytes: int = Field(1_048_576, ge=1024)
     # 0: send as soon as a batch is handed over; our batches are already large, and lingering
     # only added latency (p99 35 -> 21 ms at 1,000 events/s, same throughput: docs/performance.md).

@@ -164,7 +164,7 @@ def test_a_batch_size_out_of_bounds_is_refused_by_name(tmp_path: Path) -> None:
 
 async def test_the_consumer_fetches_with_the_configured_bounds() -> None:
     """``kafka.fetch_min_bytes`` and ``kafka.fetch_max_wait_ms`` reach the client, defaults
-    included (64 KiB or 5 ms, whichever comes first: docs/performance.md)."""
+    included (192 KiB or 10 ms, whichever comes first: docs/performance.md)."""
     from worker.connections import make_consumer
     from worker.settings import KafkaSettings
 
@@ -175,7 +175,7 @@ async def test_the_consumer_fetches_with_the_configured_bounds() -> None:
     )
     try:
         # aiokafka keeps them as given until start() hands them to its fetcher.
-        assert (default._fetch_min_bytes, default._fetch_max_wait_ms) == (65_536, 5)
+        assert (default._fetch_min_bytes, default._fetch_max_wait_ms) == (196_608, 10)
         assert (tuned._fetch_min_bytes, tuned._fetch_max_wait_ms) == (1, 500)
     finally:
         await default.stop()
