@@ -180,7 +180,7 @@ async def _throughput(
     when the first of them consumes. A local broker's CPU is taken from the first report
     seen to the end: with the contender's, it says how full the two cores were."""
     total = sum(run.ends.values())
-    broker_from: tuple[float, float] | None = None  # wall time, broker CPU seconds
+    broker = _CpuWindow({"broker": [run.broker_pid]} if run.broker_pid is not None else {})
     admin = AIOKafkaAdminClient(bootstrap_servers=run.bootstrap)
     await admin.start()
     firsts: list[dict[str, Any] | None] = [None] * len(procs)
@@ -195,8 +195,8 @@ async def _throughput(
                         raise Unavailable(f"settings refused: {msg['refused']}")
                     if "first_consumed" in msg:
                         firsts[i] = msg
-                        if broker_from is None and run.broker_pid is not None:
-                            broker_from = (time.time(), measure.cpu_seconds(run.broker_pid))
+                        if broker.start is None:
+                            broker.open()
             for proc in procs:
                 if proc.returncode is not None:
                     raise Unavailable(f"exited with status {proc.returncode}: {_tail(log_path)}")
@@ -207,7 +207,7 @@ async def _throughput(
             if done >= total:
                 finished = time.time()
                 cpu_end = [measure.cpu_seconds(p.pid) for p in procs]
-                broker_cpu = _broker_cores(run.broker_pid, broker_from, finished)
+                broker.close()
                 break
             if done > last_done:
                 last_done, last_move = done, time.monotonic()
@@ -232,9 +232,7 @@ async def _throughput(
     first_consumed = min(f["first_consumed"] for f in started)
     seconds = finished - first_consumed
     cpu = sum(end - (f["cpu"] if f else 0.0) for end, f in zip(cpu_end, firsts, strict=True))
-    cores = {"contender": round(cpu / seconds, 2)}
-    if broker_cpu is not None:
-        cores["broker"] = broker_cpu
+    cores = {"contender": round(cpu / seconds, 2), **broker.cores()}
     return {
         "available": True,
         "processes": len(procs),
@@ -250,16 +248,6 @@ async def _throughput(
         "rss_mb_at_end": round(mem["VmRSS"], 1),
         "rss_growth": round(mem["VmRSS"] / (rss_tenth or mem["VmRSS"]) - 1, 4),
     }
-
-
-def _broker_cores(pid: int | None, since: tuple[float, float] | None, until: float) -> float | None:
-    """The local broker's CPU from ``since`` to now, in cores; None for an external one."""
-    if pid is None or since is None or until <= since[0]:
-        return None
-    try:
-        return round((measure.cpu_seconds(pid) - since[1]) / (until - since[0]), 2)
-    except OSError:  # the broker is gone: the run fails on its own
-        return None
 
 
 def _memory(procs: list[asyncio.subprocess.Process]) -> dict[str, float]:
@@ -327,7 +315,7 @@ async def _latency(
 class _CpuWindow:
     """CPU time of named groups of processes between ``open`` and ``close``, in cores (CPU
     seconds per second): what the contender, the broker, the load and the probe each took of
-    the machine while the latency window ran."""
+    the machine while the latency window ran, and the broker in the throughput phase."""
 
     def __init__(self, pids: dict[str, list[int]]) -> None:
         self.pids = pids

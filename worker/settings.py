@@ -205,7 +205,7 @@ class Processing(BaseModel):
         throughput, 5,000 about 1.0 (docs/performance.md). At-least-once takes 2,000: in three
         paired runs on one pre-fill it routed 1.05x to 1.15x what 1,000 did, and at a fixed
         17,000 events/s its p99 was no worse (the bound only binds when the worker is behind;
-        at 17,000 events/s a 5-ms fetch wait holds about 85 records)."""
+        at 17,000 events/s a 10-ms fetch wait holds about 170 records)."""
         if self.max_batch_records is not None:
             return self.max_batch_records
         return EXACTLY_ONCE_BATCH_RECORDS if self.guarantee == "exactly_once" else BATCH_RECORDS
