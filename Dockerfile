@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# logit-router: the worker (default command) and the sample producer (python -m worker.traffic).
+# logit-router: the worker (default command) and the sample producer (python -m worker.devkit.traffic).
 #
 #   docker build -t logit-router:0.1.0 .
 #   docker run --rm -e LOGIT_ROUTER_KAFKA__BOOTSTRAP_SERVERS=broker:9092 -p 9464:9464 logit-router:0.1.0

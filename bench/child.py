@@ -2,9 +2,9 @@
 
 * ``raw``: the ceiling. aiokafka consume and produce, nothing else: ``getmany``, send every
   record unchanged to one topic, await every acknowledgement, commit, with the worker's own
-  client factories, tuning (``worker.connections``) and record-batch publishing
-  (``worker.publish``), so only the work in between differs.
-* ``worker``: this project's worker, ``worker.service.serve`` exactly as ``logit-router run``
+  client factories, tuning (``worker.stream.connections``) and record-batch publishing
+  (``worker.stream.publish``), so only the work in between differs.
+* ``worker``: this project's worker, ``worker.stream.service.serve`` exactly as ``logit-router run``
   runs it (uvloop, signals, metrics, the garbage collector's tuning), with the guarantee the
   spec names. (Until this was noticed, the bench left out ``tune_gc``, which ``run`` calls.)
 * ``quix``: the Quix Streams application in ``bench.quix_app``.
@@ -52,10 +52,10 @@ def _watch_getmany(first: FirstConsumed) -> None:
 async def _raw(spec: Spec, stop: asyncio.Event) -> int:
     from aiokafka.structs import OffsetAndMetadata
 
-    from worker.connections import acknowledged, make_consumer, make_producer
-    from worker.publish import Publisher
-    from worker.records import Outbound
-    from worker.settings import Settings
+    from worker.core.records import Outbound
+    from worker.core.settings import Settings
+    from worker.stream.connections import acknowledged, make_consumer, make_producer
+    from worker.stream.publish import Publisher
 
     settings = Settings(**worker_config(spec))
     kafka = settings.kafka
@@ -90,8 +90,8 @@ async def _raw(spec: Spec, stop: asyncio.Event) -> int:
 async def _worker(spec: Spec, stop: asyncio.Event) -> int:
     from pydantic import ValidationError
 
-    from worker.service import serve
-    from worker.settings import Settings, describe_validation_error
+    from worker.core.settings import Settings, describe_validation_error
+    from worker.stream.service import serve
 
     try:
         settings = Settings(**worker_config(spec))
@@ -121,13 +121,13 @@ def _main(argv: list[str]) -> int:
 
         return run_quix(spec, first)
     _watch_getmany(first)
-    from worker import logs
-    from worker.service import install_stop_handlers, run_loop, tune_gc
+    from worker.observability import logs
+    from worker.stream.service import install_stop_handlers, run_loop, tune_gc
 
     logs.configure("WARNING")
     contender = _raw if spec["kind"] == "raw" else _worker
-    # As `logit-router run` starts the worker (worker.service.run); the raw pipe gets the same,
-    # so that the ceiling is this client in the same process set-up.
+    # As `logit-router run` starts the worker (worker.stream.service.run); the raw pipe gets
+    # the same, so that the ceiling is this client in the same process set-up.
     tune_gc()
 
     async def run() -> int:

@@ -10,8 +10,8 @@ import platform
 import sys
 from typing import Any
 
-from worker import native
-from worker.connections import aiokafka_c_extension
+from worker.core import native
+from worker.stream.connections import aiokafka_c_extension
 
 
 def _version(dist: str) -> str | None:
@@ -26,9 +26,9 @@ def environment(broker_source: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "aiokafka": _version("aiokafka"),
         "aiokafka_c_extension": aiokafka_c_extension(),
-        # the compiled hot path (worker.native); --set processing.native=false turns it off
+        # the compiled hot path (worker.core.native); --set processing.native=false turns it off
         "native_hot_path": native.available(),
-        "uvloop": _version("uvloop"),  # worker.service.run_loop uses it when installed
+        "uvloop": _version("uvloop"),  # worker.stream.service.run_loop uses it when installed
         "orjson": _version("orjson"),
         "numpy": _version("numpy"),
         "pydantic": _version("pydantic"),

@@ -1,6 +1,6 @@
 """Traffic for the benchmark: the seeded pre-fill, and the paced producer of the latency phase.
 
-Events come from ``worker.traffic.synthetic`` (the demo's and the tests' generator): 2 % are
+Events come from ``worker.devkit.traffic.synthetic`` (the demo's and the tests' generator): 2 % are
 malformed on purpose, 30 % uncertain. The pre-fill splits the count evenly over the three
 widths (3, 10 and 100 classes), one input topic each.
 """
@@ -17,7 +17,7 @@ import confluent_kafka
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from worker.traffic import synthetic
+from worker.devkit.traffic import synthetic
 
 CHUNK = 20_000  # events in flight at once while pre-filling
 # The paced producer sends what is due every 5 ms: as a producer with Kafka 4's default

@@ -13,8 +13,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
 
-from worker import admin
-from worker.settings import KafkaSettings
+from worker.core.settings import KafkaSettings
+from worker.stream import admin
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

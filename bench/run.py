@@ -24,7 +24,7 @@ from bench.contender import INPUT_CONFIG, Contender, Run, create_topics, run_con
 from bench.env import environment
 from bench.load import prefill
 from bench.spec import WIDTHS
-from worker.cli import positive_int
+from worker.cli.common import positive_int
 
 CONTENDERS = {
     c.name: c
@@ -286,8 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A topic's first produce requests can meet a leader not elected yet; aiokafka retries
     # them and says so at WARNING. Not news here.
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    from worker.broker import BrokerError, throwaway_broker
-    from worker.service import run_loop
+    from worker.devkit.broker import BrokerError, throwaway_broker
+    from worker.stream.service import run_loop
 
     try:
         with throwaway_broker(auto_create_topics=False) as broker:

@@ -1,5 +1,5 @@
 """Fixtures shared by both tiers. One real Kafka broker per test session (integration tier):
-from KAFKA_BOOTSTRAP_SERVERS, a Docker engine, or a local process (see worker/broker/).
+from KAFKA_BOOTSTRAP_SERVERS, a Docker engine, or a local process (see worker/devkit/broker/).
 Every test gets its own uuid-named topics and group, so tests share no state."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.broker import Broker, throwaway_broker
+from worker.devkit.broker import Broker, throwaway_broker
 
 
 @pytest.fixture(scope="session")

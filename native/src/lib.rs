@@ -1,6 +1,6 @@
 //! logit-router's hot path in one compiled call per record: read the event, score it, decide,
 //! and write the output document, with the bytes and values of the Python path
-//! (`worker/records.py`, `worker/routing.py`). `worker/native.py` is the only caller.
+//! (`worker/core/records.py`, `worker/core/routing.py`). `worker/core/native.py` is the only caller.
 
 mod json;
 mod score;

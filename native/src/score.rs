@@ -1,4 +1,4 @@
-//! The softmax, margin and entropy of `worker/routing.py`, operation for operation.
+//! The softmax, margin and entropy of `worker/core/routing.py`, operation for operation.
 //!
 //! Every step is either exact IEEE arithmetic (subtract, divide, multiply, negate), a call of
 //! the C library's `exp` and `log` (the functions CPython's `math.exp` and `math.log` call), or

@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
-from worker import admin
-from worker.records import DLQ_PREFIX
-from worker.service import serve
-from worker.settings import Settings
+from worker.core.records import DLQ_PREFIX
+from worker.core.settings import Settings
+from worker.stream import admin
+from worker.stream.service import serve
 
 # Room for records of several MB (the test broker's default 1 MiB segments would refuse them).
 BIG = {"max.message.bytes": "8388608", "segment.bytes": "33554432"}

@@ -1,7 +1,7 @@
 """A corpus of hostile records, each with the dead-letter reason the worker must give it.
 
 The reasons are written down here by hand, from the product contract and the table in
-``worker/events.py``, not computed by the code under test. ``EDGES`` are the records that look
+``worker/core/events.py``, not computed by the code under test. ``EDGES`` are the records that look
 suspicious but are legal events (``labels: null``, a masked class, deep but allowed nesting…):
 the worker must score them, not dead-letter them.
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from worker.events import MAX_DEPTH
+from worker.core.events import MAX_DEPTH
 
 MAX_EVENT_BYTES = 1_048_576  # the default limits.max_event_bytes
 

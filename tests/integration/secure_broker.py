@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from worker.broker import Broker, throwaway_broker
-from worker.broker.probe import _recv_exact
+from worker.devkit.broker import Broker, throwaway_broker
+from worker.devkit.broker.probe import _recv_exact
 
 SCRAM_SHA_512 = 2  # the mechanism's id in AlterUserScramCredentials
 SCRAM_ITERATIONS = 4096  # Kafka's minimum for SCRAM-SHA-512

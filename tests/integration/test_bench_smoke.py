@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from worker import native
+from worker.core import native
 
 pytestmark = pytest.mark.integration
 

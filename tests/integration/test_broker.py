@@ -1,4 +1,4 @@
-"""worker.broker against a real Kafka 4.x broker.
+"""worker.devkit.broker against a real Kafka 4.x broker.
 
 Most tests force the local-process source (``LOGIT_ROUTER_BROKER=local``) since
 kill/restart, pids and temp dirs exist only there; ``test_round_trip`` takes
@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import UnknownTopicOrPartitionError
 
-from worker.broker import (
+from worker.devkit.broker import (
     KAFKA_VERSION,
     Broker,
     BrokerError,
@@ -35,10 +35,10 @@ from worker.broker import (
     start_broker,
     throwaway_broker,
 )
-from worker.broker.config import _docker_env_name
-from worker.broker.jars import _pom_kafka_version
-from worker.broker.local import _sweep_orphans
-from worker.broker.probe import _api_versions_ok
+from worker.devkit.broker.config import _docker_env_name
+from worker.devkit.broker.jars import _pom_kafka_version
+from worker.devkit.broker.local import _sweep_orphans
+from worker.devkit.broker.probe import _api_versions_ok
 
 pytestmark = pytest.mark.integration
 
@@ -133,13 +133,13 @@ def _local_env() -> dict[str, str]:
 
 
 class _Cli:
-    """``python -m worker.broker`` as a child process."""
+    """``python -m worker.devkit.broker`` as a child process."""
 
     def __init__(self, stderr_path: Path, *args: str) -> None:
         self.stderr_path = stderr_path
         self._stderr = stderr_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.broker", *args],
+            [sys.executable, "-m", "worker.devkit.broker", *args],
             cwd=REPO,
             env=_local_env(),
             stdin=subprocess.DEVNULL,
@@ -338,7 +338,7 @@ def test_java_dies_with_its_parent(tmp_path: Path) -> None:
 )
 def test_cli_error_is_one_line(args: list[str], env: dict[str, str], message: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "worker.broker", *args],
+        [sys.executable, "-m", "worker.devkit.broker", *args],
         cwd=REPO,
         env=_local_env() | env,
         capture_output=True,
@@ -349,7 +349,7 @@ def test_cli_error_is_one_line(args: list[str], env: dict[str, str], message: st
     assert proc.returncode == 1
     assert proc.stdout == ""
     errors = [ln for ln in proc.stderr.splitlines() if "error" in ln]
-    assert errors == [f"worker.broker: error: {message}"], proc.stderr
+    assert errors == [f"worker.devkit.broker: error: {message}"], proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -36,8 +36,8 @@ from tests.unit.deploy_files import (
     seconds,
     service,
 )
-from worker import admin
-from worker.settings import ENV_PREFIX, Settings, load_settings
+from worker.core.settings import ENV_PREFIX, Settings, load_settings
+from worker.stream import admin
 
 pytestmark = pytest.mark.integration
 

@@ -33,9 +33,10 @@ from tests.integration.helpers import (
     worker_log,
     write_config,
 )
-from worker import admin, traffic
-from worker.broker import Broker, start_broker
-from worker.settings import Settings
+from worker.core.settings import Settings
+from worker.devkit import traffic
+from worker.devkit.broker import Broker, start_broker
+from worker.stream import admin
 
 pytestmark = pytest.mark.integration
 

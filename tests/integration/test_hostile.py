@@ -1,7 +1,7 @@
 """Hostile input on a real broker: every malformed record of the corpus, mixed into a valid
 stream on several partitions of both input topics, lands in the dead-letter topic exactly once
 with its reason and its key, value and headers byte for byte; the worker keeps going, commits to
-the end, and scores the valid records around them as ``worker.routing.route`` says."""
+the end, and scores the valid records around them as ``worker.core.routing.route`` says."""
 
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from tests.integration.helpers import (
     wait_until_committed,
 )
 from tests.integration.hostile_corpus import EDGES, HOSTILE, Hostile
-from worker import admin
-from worker.records import DLQ_PREFIX
-from worker.routing import route
-from worker.settings import Settings
+from worker.core.records import DLQ_PREFIX
+from worker.core.routing import route
+from worker.core.settings import Settings
+from worker.stream import admin
 
 pytestmark = pytest.mark.integration
 

@@ -30,13 +30,16 @@ from tests.integration.helpers import (
     wait_until_committed,
 )
 from tests.prom import DEPLOY, JOB, REPO, Prometheus, http_get, promtool, running_prometheus
-from worker import __version__, native, pipeline, traffic
-from worker.health import HealthServer
-from worker.metrics import DEAD_LETTER_REASONS, DECISIONS, ESCALATION_REASONS
-from worker.pipeline import Worker
-from worker.records import DLQ_PREFIX
-from worker.service import serve
-from worker.settings import Settings
+from worker import __version__
+from worker.core import native
+from worker.core.records import DLQ_PREFIX
+from worker.core.settings import Settings
+from worker.devkit import traffic
+from worker.observability.health import HealthServer
+from worker.observability.metrics import DEAD_LETTER_REASONS, DECISIONS, ESCALATION_REASONS
+from worker.stream import pipeline
+from worker.stream.pipeline import Worker
+from worker.stream.service import serve
 
 pytestmark = pytest.mark.integration
 

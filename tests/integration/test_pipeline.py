@@ -32,12 +32,14 @@ from tests.integration.helpers import (
     worker_log,
     write_config,
 )
-from worker import __version__, admin, traffic
-from worker.events import EventError, decode_event
-from worker.records import DLQ_PREFIX
-from worker.routing import ScoringError, route
-from worker.settings import Settings
-from worker.transactions import PartitionProducers
+from worker import __version__
+from worker.core.events import EventError, decode_event
+from worker.core.records import DLQ_PREFIX
+from worker.core.routing import ScoringError, route
+from worker.core.settings import Settings
+from worker.devkit import traffic
+from worker.stream import admin
+from worker.stream.transactions import PartitionProducers
 
 pytestmark = pytest.mark.integration
 

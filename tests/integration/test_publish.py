@@ -1,5 +1,6 @@
-"""``worker.publish.Publisher`` on a real broker: the records land where ``producer.send`` would
-put them, in the same order, byte for byte, however many record batches they take."""
+"""``worker.stream.publish.Publisher`` on a real broker: the records land where
+``producer.send`` would put them, in the same order, byte for byte, however many record
+batches they take."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from typing import Any
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 
-from worker import admin
-from worker.connections import acknowledged, make_producer
-from worker.publish import Publisher
-from worker.records import Outbound
-from worker.settings import KafkaSettings
+from worker.core.records import Outbound
+from worker.core.settings import KafkaSettings
+from worker.stream import admin
+from worker.stream.connections import acknowledged, make_producer
+from worker.stream.publish import Publisher
 
 pytestmark = pytest.mark.integration
 

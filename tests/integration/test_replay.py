@@ -3,7 +3,7 @@
 One module fixture runs the worker over two input topics (3 partitions each, with malformed
 records); every test then replays, analyses or draws that recorded range through the real
 command (a subprocess), and checks it against an independent computation with
-``worker.routing.route`` on the input records.
+``worker.core.routing.route`` on the input records.
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from tests.integration.helpers import (
     wait_until_committed,
 )
 from tests.png import png_size
-from worker import admin, traffic
-from worker.broker import Broker
-from worker.connections import make_admin
-from worker.events import EventError, decode_event
-from worker.routing import Policy, Routing, ScoringError, route
-from worker.settings import Settings
+from worker.core.events import EventError, decode_event
+from worker.core.routing import Policy, Routing, ScoringError, route
+from worker.core.settings import Settings
+from worker.devkit import traffic
+from worker.devkit.broker import Broker
+from worker.stream import admin
+from worker.stream.connections import make_admin
 
 pytestmark = pytest.mark.integration
 

@@ -32,8 +32,8 @@ from tests.integration.helpers import (
     wait_until_committed,
 )
 from tests.integration.secure_broker import SecureBroker, secure_broker
-from worker import traffic
-from worker.settings import Settings
+from worker.core.settings import Settings
+from worker.devkit import traffic
 
 pytestmark = pytest.mark.integration
 

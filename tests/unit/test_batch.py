@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit import oracle
-from worker.batch import Item, route_batch
-from worker.routing import Policy, Routing, ScoringError, route
+from worker.core.batch import Item, route_batch
+from worker.core.routing import Policy, Routing, ScoringError, route
 
 WIDTHS = (2, 3, 3, 5, 10, 10, 100)
 

@@ -51,8 +51,8 @@ from tests.unit.deploy_files import (
     service,
     settings_as_deployed,
 )
-from worker.health import HealthServer
-from worker.settings import ENV_PREFIX, load_settings
+from worker.core.settings import ENV_PREFIX, load_settings
+from worker.observability.health import HealthServer
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "logit-router.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -326,12 +326,12 @@ def test_sample_producer_feeds_the_workers_inputs(monkeypatch: pytest.MonkeyPatc
     producer, worker = service("producer"), service("worker")
     assert producer["image"] == worker["image"] and producer["build"] == worker["build"]
     argv = effective_command(producer)
-    assert argv[:3] == ["python", "-m", "worker.traffic"]
+    assert argv[:3] == ["python", "-m", "worker.devkit.traffic"]
     settings = settings_as_deployed(monkeypatch)
     assert option_values(argv, "--bootstrap-servers") == [settings.kafka.bootstrap_servers]
     assert option_values(argv, "--topics") == list(settings.topics)
     assert int(option_values(argv, "--rate")[0]) > 0
-    # worker.traffic exits cleanly on SIGINT (KeyboardInterrupt) and installs no SIGTERM handler
+    # worker.devkit.traffic exits cleanly on SIGINT (KeyboardInterrupt), with no SIGTERM handler
     assert producer["stop_signal"] == "SIGINT"
     assert producer["healthcheck"] == {"disable": True}  # the image's check is the worker's
 

@@ -1,4 +1,4 @@
-"""How a replayed decision is compared with the published one (worker.diff)."""
+"""How a replayed decision is compared with the published one (worker.audit.diff)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import orjson
 import pytest
 
-from worker.diff import View, kind_of, view_of_outbound, view_of_output, worst
-from worker.records import Router
-from worker.settings import Settings
+from worker.audit.diff import View, kind_of, view_of_outbound, view_of_output, worst
+from worker.core.records import Router
+from worker.core.settings import Settings
 
 
 @dataclass

@@ -7,7 +7,7 @@ import math
 import orjson
 import pytest
 
-from worker.events import EventError, InputEvent, decode_event
+from worker.core.events import EventError, InputEvent, decode_event
 
 LIMITS = {"max_bytes": 1_048_576, "max_classes": 10_000}
 

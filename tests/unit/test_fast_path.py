@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.consumed import Consumed
-from worker import traffic
-from worker.events import EventError, decode_document, decode_routable
-from worker.records import Router
-from worker.settings import Settings
+from worker.core.events import EventError, decode_document, decode_routable
+from worker.core.records import Router
+from worker.core.settings import Settings
+from worker.devkit import traffic
 
 LIMITS = {"max_bytes": 4096, "max_classes": 20}
 

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter
 
-from worker.health import HealthServer
-from worker.settings import Settings
+from worker.core.settings import Settings
+from worker.observability.health import HealthServer
 
 
 class Probe:

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
 
-from worker.histograms import BatchHistogram
-from worker.metrics import LATENCY_BUCKETS, UNIT_BUCKETS
+from worker.observability.histograms import BatchHistogram
+from worker.observability.metrics import LATENCY_BUCKETS, UNIT_BUCKETS
 
 TOPICS = ("a.topic", "b.topic")
 BOUND_VALUES = st.sampled_from([0.0, *UNIT_BUCKETS, *LATENCY_BUCKETS, math.inf])
@@ -22,7 +22,7 @@ VALUES = st.one_of(BOUND_VALUES, st.floats(min_value=-1.0, max_value=100.0), st.
 def expositions(
     batches: list[tuple[str, list[float]]], buckets: tuple[float, ...]
 ) -> tuple[str, str]:
-    disable_created_metrics()  # as worker.metrics does
+    disable_created_metrics()  # as worker.observability.metrics does
     ours, theirs = CollectorRegistry(), CollectorRegistry()
     batch = BatchHistogram("x_seconds", "Help.", TOPICS, buckets, ours)
     reference = Histogram("x_seconds", "Help.", ["topic"], buckets=buckets, registry=theirs)

@@ -9,9 +9,9 @@ import pytest
 
 from tests.consumed import Consumed
 from tests.integration.hostile_corpus import EDGES, HOSTILE, Hostile
-from worker.events import MAX_DEPTH, EventError, decode_event
-from worker.records import DLQ_PREFIX, Router
-from worker.settings import Settings
+from worker.core.events import MAX_DEPTH, EventError, decode_event
+from worker.core.records import DLQ_PREFIX, Router
+from worker.core.settings import Settings
 
 LABELLED = "support"
 UNLABELLED = "fraud"

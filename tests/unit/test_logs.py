@@ -9,7 +9,7 @@ import orjson
 import pytest
 from aiokafka import errors
 
-from worker import logs
+from worker.observability import logs
 
 # The logger and the call aiokafka's group coordinator makes when a lookup fails.
 COORDINATOR = "aiokafka.consumer.group_coordinator"

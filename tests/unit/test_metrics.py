@@ -16,10 +16,15 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.prom import promtool
-from worker import __version__, native, pipeline, traffic
-from worker.batch import Item, route_batch
-from worker.events import Reason
-from worker.metrics import (
+from worker import __version__
+from worker.core import native
+from worker.core.batch import Item, route_batch
+from worker.core.events import Reason
+from worker.core.records import Outbound, Router
+from worker.core.routing import Policy, ScoringError
+from worker.core.settings import Settings
+from worker.devkit import traffic
+from worker.observability.metrics import (
     DEAD_LETTER_REASONS,
     DECISIONS,
     ESCALATION_REASONS,
@@ -27,10 +32,8 @@ from worker.metrics import (
     UNIT_BUCKETS,
     Metrics,
 )
-from worker.pipeline import Worker
-from worker.records import Outbound, Router
-from worker.routing import Policy, ScoringError
-from worker.settings import Settings
+from worker.stream import pipeline
+from worker.stream.pipeline import Worker
 
 SUPPORT, FRAUD = "support.intents", "fraud.scores"
 

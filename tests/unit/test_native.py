@@ -1,4 +1,4 @@
-"""The compiled hot path (``worker.native``) writes what the Python path writes, byte for byte.
+"""The compiled hot path (``worker.core.native``) writes what the Python path writes, byte for byte.
 
 Each record goes through ``Router.process`` twice, with ``processing.native`` on and off, and
 every field of every output must be equal: topic, key, value bytes, headers, decision, reason
@@ -25,10 +25,11 @@ from hypothesis import strategies as st
 
 from tests.consumed import Consumed
 from tests.integration.hostile_corpus import EDGES, HOSTILE
-from worker import native, traffic
-from worker.records import Router
-from worker.routing import score
-from worker.settings import Settings
+from worker.core import native
+from worker.core.records import Router
+from worker.core.routing import score
+from worker.core.settings import Settings
+from worker.devkit import traffic
 
 if not native.available():
     # ./dev builds it wherever cargo is found and then sets this: never a silent skip there.

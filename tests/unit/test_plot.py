@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.png import png_size
-from worker import plot
+from worker.audit import plot
 
 LAB = [3.2, 2.8, 0.5]
 LAB_TEMPERATURES = [0.5, 0.7, 1.0, 1.3, 1.6, 2.0]

@@ -6,7 +6,7 @@ import io
 import os
 import pty
 
-from worker.progress import Progress, bar
+from worker.audit.progress import Progress, bar
 
 
 def test_bar_text() -> None:

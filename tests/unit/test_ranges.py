@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.ranges import Bound, RangeError, check_order, parse_bound
+from worker.audit.ranges import Bound, RangeError, check_order, parse_bound
 
 
 @pytest.mark.parametrize(

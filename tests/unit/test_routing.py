@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit import oracle
-from worker.routing import Policy, ScoringError, decide, route, score, softmax
+from worker.core.routing import Policy, ScoringError, decide, route, score, softmax
 
 LAB = [3.2, 2.8, 0.5]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.settings import ConfigError, load_settings
+from worker.core.settings import ConfigError, load_settings
 
 SECRET = "s3cr3t-Pa55-" + os.urandom(6).hex()
 SASL = {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "u"}

@@ -16,11 +16,12 @@ import orjson
 import pytest
 
 from tests.png import png_size
-from worker import sources, traffic, whatif
-from worker.events import EventError, decode_event
-from worker.records import Router
-from worker.routing import Policy, Routing, ScoringError, route
-from worker.settings import Settings
+from worker.audit import sources, whatif
+from worker.core.events import EventError, decode_event
+from worker.core.records import Router
+from worker.core.routing import Policy, Routing, ScoringError, route
+from worker.core.settings import Settings
+from worker.devkit import traffic
 
 LABELS = ("billing", "tech", "sales")
 

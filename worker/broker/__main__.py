@@ -1,8 +1,0 @@
-"""``python -m worker.broker``: run a throwaway Kafka broker until SIGTERM/SIGINT."""
-
-import sys
-
-from worker.broker.cli import main
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,497 @@
+"""The ``replay``, ``whatif`` and ``plot`` commands: their arguments, checks, loading, printing
+and exit codes. The work itself is in ``worker.audit``, imported only when one of these
+commands runs.
+
+Exit status: 0 done; 1 a runtime failure (Kafka unreachable, a topic missing), or for
+``replay --fail-on-diff`` a difference or a missing original; 2 a bad argument or config,
+or matplotlib missing for a chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from worker.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    Parser,
+    UsageError,
+    existing_file,
+    float_list,
+    labels,
+    positive_floats,
+    positive_int,
+    probability,
+    temperature,
+)
+
+T = TypeVar("T")
+
+
+def _configure_logs() -> None:
+    import logging
+
+    from worker.observability import logs
+
+    logs.configure("WARNING")
+    # Failures reach the user as one line from the command; aiokafka's own log would repeat
+    # them (and its retries) with timestamps.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    logging.getLogger("worker.stream.connections").setLevel(logging.ERROR)  # retries: not news here
+
+
+async def reachable(kafka: Any) -> None:
+    """Wait for the brokers as the worker does, up to ``kafka.connect_timeout_s``."""
+    from worker.stream.connections import make_admin, start_within
+
+    client = make_admin(kafka)
+    await start_within(client, kafka, "admin client")
+    await client.close()
+
+
+def _run_async(command: str, work: Callable[[], Coroutine[Any, Any, T]]) -> T | int:
+    """Run ``work``; a refusal becomes ``UsageError``, a runtime failure one line and exit 1."""
+    from aiokafka.errors import KafkaError
+
+    from worker.audit.ranges import RangeError
+    from worker.audit.replay import ReplayRefused
+    from worker.stream.connections import FatalError
+
+    try:
+        return asyncio.run(work())
+    except (RangeError, ReplayRefused) as exc:
+        raise UsageError(f"logit-router {command}: {exc}") from None
+    except (LookupError, TimeoutError, KafkaError, FatalError, OSError) as exc:
+        text = str(exc) or type(exc).__name__
+        sys.stderr.write(f"logit-router {command}: {text}\n")
+        return EXIT_FAILURE
+
+
+def _check_order(command: str, args: argparse.Namespace) -> None:
+    from worker.audit.ranges import RangeError, check_order
+
+    try:
+        check_order(args.start, args.end)
+    except RangeError as exc:
+        raise UsageError(f"logit-router {command}: {exc}") from None
+
+
+def _settings(config: Path | None) -> Any:
+    from worker.core.settings import load_settings
+
+    return load_settings(config)  # ConfigError -> exit 2 in main
+
+
+# --- replay ------------------------------------------------------------------------------
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    from worker.audit import replay
+
+    _configure_logs()
+    settings = _settings(args.config)
+    _check_order("replay", args)
+    try:
+        replay.check_target(settings, args.topic, args.to_topic)  # refuse before any I/O
+    except replay.ReplayRefused as exc:
+        raise UsageError(f"logit-router replay: {exc}") from None
+    to_stdout = args.out == "-"
+    path = None if args.out in (None, "-") else Path(args.out)
+    partial = path.with_name(path.name + ".partial") if path is not None else None
+    try:
+        sink = sys.stdout.buffer if to_stdout else (partial.open("wb") if partial else None)
+    except OSError as exc:
+        raise UsageError(f"logit-router replay: cannot write {args.out}: {exc}") from None
+
+    async def work() -> dict[str, Any]:
+        await reachable(settings.kafka)
+        return await replay.replay(
+            settings,
+            args.topic,
+            args.start,
+            args.end,
+            write=sink.write if sink is not None else None,
+            to_topic=args.to_topic,
+            tolerance=args.tolerance,
+        )
+
+    try:
+        result = _run_async("replay", work)
+    finally:
+        if sink is not None and not to_stdout:
+            sink.close()
+    if isinstance(result, int):
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+        return result
+    if partial is not None and path is not None:
+        os.replace(partial, path)
+    text = replay.human(result)
+    (sys.stderr if to_stdout else sys.stdout).write(text)
+    if args.fail_on_diff and replay.differs(result):
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+# --- whatif and plot margins: where the events come from ---------------------------------
+
+
+def _load(command: str, args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]] | int:
+    """(settings or None, Loaded, spans per topic) from ``--input`` or the topics' ranges."""
+    from worker.audit import sources
+
+    if args.input is not None:
+        if args.start is not None or args.end is not None:
+            raise UsageError(f"logit-router {command}: --from/--to read topics, not --input")
+        settings = _settings(args.config) if args.config is not None else None
+        limits = settings.limits if settings is not None else None
+        try:
+            return settings, sources.from_file(args.input, args.topic, limits), {}
+        except OSError as exc:
+            raise UsageError(f"logit-router {command}: cannot read {args.input}: {exc}") from None
+    _check_order(command, args)
+    settings = _settings(args.config)
+    topics = args.topic or sorted(settings.topics)
+    if len(topics) > 1 and any(b is not None and b.offsets for b in (args.start, args.end)):
+        raise UsageError(f"logit-router {command}: partition:offset bounds need a single --topic")
+
+    async def work() -> tuple[Any, Any]:
+        await reachable(settings.kafka)
+        return await sources.from_topics(settings, topics, args.start, args.end)
+
+    result = _run_async(command, work)
+    if isinstance(result, int):
+        return result
+    loaded, spans = result
+    return settings, loaded, spans
+
+
+def _labels(settings: Any, topic: str) -> Any:
+    if settings is None or topic not in settings.topics:
+        return None
+    return settings.topics[topic].labels
+
+
+def _current(settings: Any, topic: str) -> Any:
+    if settings is None or topic not in settings.topics:
+        return None
+    return settings.topics[topic].policy()
+
+
+# --- whatif ------------------------------------------------------------------------------
+
+
+def whatif_command(args: argparse.Namespace) -> int:
+    from worker.audit import plot, whatif
+
+    _configure_logs()
+    if args.png is not None:
+        _need_matplotlib("whatif")
+    temperatures = args.temperatures or list(whatif.LAB_TEMPERATURES)
+    min_margins = args.min_margins or list(whatif.DEFAULT_MIN_MARGINS)
+    min_top1s: list[float | None] = list(args.min_top1) if args.min_top1 else [None]
+    loaded = _load("whatif", args)
+    if isinstance(loaded, int):
+        return loaded
+    settings, events, spans = loaded
+    report: dict[str, Any] = {}
+    cells: dict[str, list[Any]] = {}
+    configured: dict[str, Any] = {}
+    picks: dict[str, Any] = {}
+    blocks: list[str] = []
+    for topic in events.topics():
+        samples = events.samples[topic]
+        labels = _labels(settings, topic)
+        grid = whatif.grid(samples, temperatures, min_margins, min_top1s, labels)
+        current = _current(settings, topic)
+        rows = list(grid)
+        if current is not None and not any(_same(c, current) for c in rows):
+            rows.append(whatif.evaluate(samples, current))
+        cells[topic] = grid
+        now = [c for c in rows if _same(c, current)]
+        if now:
+            configured[topic] = now[0]
+        first = rows[0]
+        doc: dict[str, Any] = {
+            "events": len(samples) + events.unreadable[topic],
+            "unreadable": events.unreadable[topic],
+            "scored": first.scored,
+            "top1_labels": first.top1_labels,
+            "grid": [{**c.as_dict(), "current": _same(c, current)} for c in rows],
+        }
+        text = whatif.table(topic, rows, current)
+        if events.unreadable[topic]:
+            text += f"  ({events.unreadable[topic]} records not readable as events)\n"
+        if args.target_escalation_rate is not None:
+            target = args.target_escalation_rate
+            best, per = whatif.suggest(samples, temperatures, target, min_top1s, labels)
+            picks[topic] = best
+            doc["target"] = {
+                "rate": target,
+                "per_temperature": [r.as_dict() for r in per],
+                "suggested": best.as_dict() if best is not None else None,
+            }
+            text += whatif.target_table(target, best, per)
+        report[topic] = doc
+        blocks.append(text)
+    out: dict[str, Any] = {"topics": report}
+    if spans:
+        out["range"] = {
+            t: [{"partition": s.partition, "from": s.start, "to": s.end} for s in ss]
+            for t, ss in spans.items()
+        }
+    if args.json:
+        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_SORT_KEYS).decode() + "\n")
+    else:
+        sys.stdout.write("\n".join(blocks) if blocks else "no events\n")
+    if args.png is not None:
+        plot.draw_rates(args.png, cells, args.target_escalation_rate, picks, configured)
+        sys.stderr.write(f"wrote {args.png}\n")
+    return EXIT_OK
+
+
+def _same(cell: Any, policy: Any) -> bool:
+    if policy is None:
+        return False
+    return bool(
+        (cell.temperature, cell.min_margin, cell.min_top1)
+        == (policy.temperature, policy.min_margin, policy.min_top1)
+    )
+
+
+def _need_matplotlib(command: str) -> None:
+    from worker.audit.plot import MissingExtra, require_matplotlib
+
+    try:
+        require_matplotlib()
+    except MissingExtra as exc:
+        raise UsageError(f"logit-router {command}: {exc}") from None
+
+
+# --- plot --------------------------------------------------------------------------------
+
+_TEMPERATURE_ONLY = ("logits", "temperatures", "labels")
+_MARGINS_ONLY = ("config", "topic", "start", "end", "input", "temperature", "bins")
+
+
+def plot_command(args: argparse.Namespace) -> int:
+    _configure_logs()
+    if args.chart == "temperature":
+        _refuse(args, _MARGINS_ONLY, "the temperature chart")
+        if args.logits is None:
+            raise UsageError("logit-router plot: --logits is required for the temperature chart")
+        _need_matplotlib("plot")
+        return _plot_temperature(args)
+    _refuse(args, _TEMPERATURE_ONLY, "the margins chart")
+    _need_matplotlib("plot")
+    return _plot_margins(args)
+
+
+def _refuse(args: argparse.Namespace, names: tuple[str, ...], chart: str) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value != []:
+            flag = {"start": "from", "end": "to"}.get(name, name).replace("_", "-")
+            raise UsageError(f"logit-router plot: --{flag} does not apply to {chart}")
+
+
+def _plot_temperature(args: argparse.Namespace) -> int:
+    from worker.audit import plot
+    from worker.audit.whatif import LAB_TEMPERATURES
+    from worker.core.routing import ScoringError
+
+    temperatures = args.temperatures or list(LAB_TEMPERATURES)
+    if args.labels is not None and len(args.labels) != len(args.logits):
+        raise UsageError(
+            f"logit-router plot: {len(args.labels)} labels for {len(args.logits)} logits"
+        )
+    try:
+        rows = plot.temperature_series(args.logits, temperatures)
+    except ScoringError as exc:
+        raise UsageError(f"logit-router plot: {exc}") from None
+    names = plot.class_names(len(args.logits), args.labels)
+    plot.draw_temperature_chart(args.output, temperatures, rows, names)
+    sys.stdout.write(plot.series_table(temperatures, rows, names) + f"wrote {args.output}\n")
+    return EXIT_OK
+
+
+def _plot_margins(args: argparse.Namespace) -> int:
+    from worker.audit import plot, whatif
+    from worker.core.routing import Policy
+
+    loaded = _load("plot", args)
+    if isinstance(loaded, int):
+        return loaded
+    settings, events, _ = loaded
+    histograms = []
+    lines = []
+    for topic in events.topics():
+        policy = _current(settings, topic) or Policy(1.0, 0.1)
+        if args.temperature is not None:
+            policy = Policy(args.temperature, policy.min_margin, policy.min_top1, policy.labels)
+        values = whatif.margins(events.samples[topic], policy)
+        h = plot.margin_histogram(
+            values,
+            args.bins or 50,
+            f"{topic}: margins at T={policy.temperature:g} ({len(values)} events)",
+            {"min_margin": policy.min_margin},
+        )
+        histograms.append(h)
+        below = sum(1 for v in values if v < policy.min_margin)
+        share = below / len(values) if values else 0.0
+        lines.append(
+            f"{topic}: {len(values)} events at T={policy.temperature:g}, "
+            f"{below} ({share:.1%}) below min_margin {policy.min_margin:g}\n"
+        )
+    if not histograms:
+        sys.stderr.write("logit-router plot: no events to draw\n")
+        return EXIT_FAILURE
+    plot.draw_histograms(args.output, histograms)
+    sys.stdout.write("".join(lines) + f"wrote {args.output}\n")
+    return EXIT_OK
+
+
+# --- arguments ---------------------------------------------------------------------------
+
+
+def _bound(text: str) -> object:
+    from worker.audit.ranges import RangeError, parse_bound
+
+    try:
+        return parse_bound(text)
+    except RangeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _probabilities(text: str) -> list[float]:
+    return [probability(part) for part in text.split(",")]
+
+
+def _png_path(text: str) -> Path:
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"no such directory: {path.parent}")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"is a directory: {text}")
+    return path
+
+
+def _range_arguments(p: Parser, what: str) -> None:
+    p.add_argument("--config", type=existing_file, default=None, help=what)
+    p.add_argument(
+        "--from",
+        dest="start",
+        type=_bound,
+        default=None,
+        help="ISO time with a timezone (2026-11-26T12:00:00Z) or partition:offset[,...]",
+    )
+    p.add_argument(
+        "--to",
+        dest="end",
+        type=_bound,
+        default=None,
+        help="end of the range, excluded; same forms as --from",
+    )
+
+
+def _add_replay(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser(
+        "replay", help="re-score a topic range and diff it against what was published"
+    )
+    p.add_argument("--topic", required=True, help="the input topic to replay")
+    _range_arguments(p, "TOML config to re-score with (default: from the environment)")
+    p.add_argument(
+        "--out", default=None, help="JSONL report: one line per event, then a summary; - for stdout"
+    )
+    p.add_argument(
+        "--to-topic",
+        default=None,
+        help="also publish the re-scored records to this (non-live) topic",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=probability,
+        default=0.0,
+        help="probability change up to which events count as identical (default 0)",
+    )
+    p.add_argument(
+        "--fail-on-diff", action="store_true", help="exit 1 if anything differs or is missing"
+    )
+    p.set_defaults(handler=replay_command)
+
+
+def _add_whatif(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser(
+        "whatif", help="escalation rate against temperature and thresholds on recorded events"
+    )
+    p.add_argument(
+        "--topic", action="append", default=[], help="repeatable; default: every configured topic"
+    )
+    _range_arguments(p, "TOML config: brokers, topic labels, current policies")
+    p.add_argument(
+        "--input", type=existing_file, default=None, help="JSONL events instead of Kafka"
+    )
+    p.add_argument(
+        "--temperatures", type=positive_floats, default=None, help="default 0.5,0.7,1.0,1.3,1.6,2.0"
+    )
+    p.add_argument(
+        "--min-margins", type=_probabilities, default=None, help="default 0.05,0.1,0.15,0.2,0.3"
+    )
+    p.add_argument("--min-top1", type=_probabilities, default=None, help="optional, e.g. 0.6")
+    p.add_argument(
+        "--target-escalation-rate",
+        type=probability,
+        default=None,
+        help="suggest a temperature and min_margin reaching this rate, e.g. 0.2",
+    )
+    p.add_argument("--png", type=_png_path, default=None, help="chart of rate against temperature")
+    p.add_argument("--json", action="store_true", help="JSON on stdout instead of tables")
+    p.set_defaults(handler=whatif_command)
+
+
+def _add_plot(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser(
+        "plot", help="the lab's chart (probability vs temperature) or a margin histogram"
+    )
+    p.add_argument("chart", nargs="?", choices=["temperature", "margins"], default="temperature")
+    p.add_argument("-o", "--output", type=_png_path, required=True, help="PNG file to write")
+    p.add_argument(
+        "--logits", type=float_list, default=None, help="temperature chart: e.g. 3.2,2.8,0.5"
+    )
+    p.add_argument(
+        "--temperatures", type=positive_floats, default=None, help="default 0.5,0.7,1.0,1.3,1.6,2.0"
+    )
+    p.add_argument(
+        "--labels", type=labels, default=None, help="legend names (default class_1, class_2, ...)"
+    )
+    p.add_argument(
+        "--topic",
+        action="append",
+        default=[],
+        help="margins: repeatable; default every configured topic",
+    )
+    _range_arguments(p, "margins: TOML config (brokers, policies)")
+    p.add_argument(
+        "--input", type=existing_file, default=None, help="margins: JSONL events instead of Kafka"
+    )
+    p.add_argument(
+        "--temperature",
+        type=temperature,
+        default=None,
+        help="margins: instead of the configured one",
+    )
+    p.add_argument(
+        "--bins", type=positive_int, default=None, help="margins: histogram bins (default 50)"
+    )
+    p.set_defaults(handler=plot_command)
+
+
+REGISTRARS = [_add_replay, _add_whatif, _add_plot]

@@ -1,0 +1,240 @@
+"""From consumed records to the records to publish: decode, score, decide, build. No I/O.
+
+The live pipeline, ``replay`` and the benchmarks all run a batch through ``Router.process``,
+so the bytes an auditor re-computes are the bytes the worker published. Each record goes
+through the compiled hot path (``worker.core.native``) when it is installed and accepts the record,
+else through the Python path here; both write the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple, Protocol
+
+import orjson
+
+from worker import __version__
+from worker.core import native
+from worker.core.events import EventError, decode_routable
+from worker.core.native import Compiled
+from worker.core.routing import Policy, Routing, ScoringError, route
+from worker.core.settings import Settings
+
+Kind = Literal["routed", "escalated", "dead_letter"]
+Headers = list[tuple[str, bytes]]
+
+DLQ_MESSAGE_LIMIT = 1024  # bytes of the error message kept in the dead-letter header
+DLQ_PREFIX = "dlq."
+
+
+class ConsumedRecord(Protocol):
+    """What we read of an aiokafka ``ConsumerRecord`` (so tests and replay can pass their own)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+class Summary(NamedTuple):
+    """What the metrics read of a scored event."""
+
+    top1: float
+    margin: float
+    entropy: float
+
+
+class Outbound(NamedTuple):
+    """One record to publish, and what the metrics need to know about it."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    kind: Kind
+    reason: str | None
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    source_timestamp: int
+    scores: Summary | None  # None for a dead letter
+
+
+class Router:
+    """Turns a batch of consumed records into exactly one outbound record each, in order."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.outputs = settings.outputs
+        self.policies: dict[str, Policy] = settings.policies()
+        self.max_bytes = settings.limits.max_event_bytes
+        self.max_classes = settings.limits.max_classes
+        self.config_version = settings.config_version
+        # The same for every output of a topic: built once, encoded with each output.
+        self._policy_docs = {
+            topic: {"min_margin": p.min_margin, "min_top1": p.min_top1}
+            for topic, p in self.policies.items()
+        }
+        self.native_topics: dict[str, Any] | None = None
+        if native.in_use(settings):
+            self.native_topics = native.topics(
+                self.policies,
+                self._policy_docs,
+                max_bytes=self.max_bytes,
+                max_classes=self.max_classes,
+                config_version=self.config_version,
+            )
+
+    def process(self, records: Sequence[ConsumedRecord]) -> list[Outbound]:
+        return self.finish(records, self.compiled(records))
+
+    def compiled(self, records: Sequence[ConsumedRecord]) -> list[Compiled | None] | None:
+        """The compiled hot path's part: per record its output, or ``None`` where the Python
+        path must do it; ``None`` for the lot when the compiled module is not in use."""
+        topics, route_many = self.native_topics, native.route_many
+        if topics is None or route_many is None:
+            return None
+        return route_many(
+            [topics[r.topic] for r in records],
+            [r.value for r in records],
+            [r.partition for r in records],
+            [r.offset for r in records],
+            [r.timestamp for r in records],
+        )
+
+    def finish(
+        self, records: Sequence[ConsumedRecord], compiled: Sequence[Compiled | None] | None
+    ) -> list[Outbound]:
+        """One output per record, in order: the compiled result where there is one, else the
+        Python path's."""
+        if compiled is None:
+            return [self._process_one(rec) for rec in records]
+        out: list[Outbound] = []
+        routed_topic, escalated_topic = self.outputs.routed, self.outputs.escalated
+        for rec, done in zip(records, compiled, strict=True):
+            if done is None:
+                out.append(self._process_one(rec))
+                continue
+            value, routed, reason, top1, margin, entropy = done
+            out.append(
+                Outbound(
+                    routed_topic if routed else escalated_topic,
+                    rec.key,
+                    value,
+                    list(rec.headers),
+                    "routed" if routed else "escalated",
+                    reason,
+                    rec.topic,
+                    rec.partition,
+                    rec.offset,
+                    rec.timestamp,
+                    Summary(top1, margin, entropy),
+                )
+            )
+        return out
+
+    def _process_one(self, rec: ConsumedRecord) -> Outbound:
+        """The Python path: the reference the compiled one is held to."""
+        try:
+            doc, logits, labels = decode_routable(
+                rec.value, max_bytes=self.max_bytes, max_classes=self.max_classes
+            )
+        except EventError as exc:
+            return self.dead_letter(rec, exc.code, exc)
+        try:
+            routing = route(logits, self.policies[rec.topic], labels)
+        except ScoringError as exc:
+            return self.dead_letter(rec, exc.code, exc)
+        return self._decided(rec, doc, routing)
+
+    def _decided(self, rec: ConsumedRecord, doc: dict[str, Any], routing: Routing) -> Outbound:
+        """The input document (ours alone: decoded for this batch) plus decision and provenance.
+
+        Keys are set in a fixed order; a key the input already had keeps its place and takes
+        the new value, as ``dict.update`` would.
+        """
+        topic = rec.topic
+        s = routing.scores
+        doc["decision"] = routing.decision
+        doc["label"] = routing.label
+        doc["class_index"] = s.class_index
+        doc["probabilities"] = s.probabilities
+        doc["top1"] = s.top1
+        doc["top2"] = s.top2
+        doc["margin"] = s.margin
+        doc["entropy"] = s.entropy
+        doc["temperature"] = self.policies[topic].temperature
+        doc["policy"] = self._policy_docs[topic]
+        doc["reason"] = routing.reason
+        doc["source"] = {
+            "topic": topic,
+            "partition": rec.partition,
+            "offset": rec.offset,
+            "timestamp": rec.timestamp,
+        }
+        doc["config_version"] = self.config_version
+        doc["worker_version"] = __version__
+        try:
+            value = orjson.dumps(doc)
+        except orjson.JSONEncodeError as exc:
+            # Decoding should refuse anything orjson cannot write back; should a case slip
+            # through, the record is dead-lettered rather than stopping the partition.
+            return self.dead_letter(rec, "not_encodable", exc)
+        routed = routing.decision == "routed"
+        return Outbound(
+            self.outputs.routed if routed else self.outputs.escalated,
+            rec.key,
+            value,
+            list(rec.headers),
+            routing.decision,
+            routing.reason,
+            topic,
+            rec.partition,
+            rec.offset,
+            rec.timestamp,
+            Summary(s.top1, s.margin, s.entropy),
+        )
+
+    def dead_letter(self, rec: ConsumedRecord, reason: str, error: Exception) -> Outbound:
+        """The record unchanged, byte for byte, with why and where in added headers."""
+        headers = list(rec.headers)
+        headers += [
+            (DLQ_PREFIX + "reason", reason.encode()),
+            (DLQ_PREFIX + "error_class", type(error).__name__.encode()),
+            (DLQ_PREFIX + "message", bounded(str(error), DLQ_MESSAGE_LIMIT)),
+            (DLQ_PREFIX + "source.topic", rec.topic.encode()),
+            (DLQ_PREFIX + "source.partition", str(rec.partition).encode()),
+            (DLQ_PREFIX + "source.offset", str(rec.offset).encode()),
+            (DLQ_PREFIX + "source.timestamp", str(rec.timestamp).encode()),
+            (DLQ_PREFIX + "worker_version", __version__.encode()),
+        ]
+        return Outbound(
+            topic=self.outputs.dead_letter,
+            key=rec.key,
+            value=rec.value,
+            headers=headers,
+            kind="dead_letter",
+            reason=reason,
+            source_topic=rec.topic,
+            source_partition=rec.partition,
+            source_offset=rec.offset,
+            source_timestamp=rec.timestamp,
+            scores=None,
+        )
+
+
+def bounded(text: str, limit: int) -> bytes:
+    """UTF-8 of ``text`` cut to at most ``limit`` bytes, never inside a character."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return data
+    return data[: limit - 3].decode("utf-8", "ignore").encode() + b"..."

@@ -1,0 +1,1 @@
+"""Metrics, the HTTP endpoints and logging: what the worker tells the people who run it."""

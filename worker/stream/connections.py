@@ -1,0 +1,194 @@
+"""Kafka clients built from settings: one place for connection, security and tuning options."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.helpers import create_ssl_context
+
+from worker.core.settings import KafkaSettings
+from worker.stream.security import permanent_failure
+
+log = logging.getLogger(__name__)
+
+
+class FatalError(Exception):
+    """The worker cannot go on: a one-line reason for the operator, exit status 1."""
+
+
+def aiokafka_c_extension() -> bool:
+    """True when aiokafka encodes and decodes record batches with its compiled extension.
+
+    ``aiokafka.util.NO_EXTENSIONS`` (set by ``AIOKAFKA_NO_EXTENSIONS``) forces the pure-Python
+    codec; a wheel without the ``_crecords`` modules falls back to it silently. Either way the
+    classes in use then live outside ``aiokafka.record._crecords``.
+    """
+    import aiokafka.util
+    from aiokafka.record import default_records, memory_records
+
+    compiled = "aiokafka.record._crecords"
+    return (
+        not aiokafka.util.NO_EXTENSIONS
+        and default_records.DefaultRecordBatchBuilder.__module__.startswith(compiled)
+        and memory_records.MemoryRecords.__module__.startswith(compiled)
+    )
+
+
+def connection_options(kafka: KafkaSettings) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": kafka.client_id,
+        "security_protocol": kafka.security_protocol,
+        "request_timeout_ms": kafka.request_timeout_ms,
+    }
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        opts["ssl_context"] = _ssl_context(kafka)
+    if kafka.security_protocol.startswith("SASL_"):
+        if kafka.sasl_password is None:  # settings refuse this already; say so if bypassed
+            raise FatalError(f"sasl_password is required with {kafka.security_protocol}")
+        opts["sasl_mechanism"] = kafka.sasl_mechanism
+        opts["sasl_plain_username"] = kafka.sasl_username
+        opts["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
+    return opts
+
+
+def _ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:
+    # Without a password, OpenSSL would prompt on the terminal for an encrypted key and hang a
+    # worker that has one; an empty password makes the load fail with an error instead.
+    secret = kafka.ssl_key_password
+    password = secret.get_secret_value() if secret is not None else _no_key_password
+    try:
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
+            certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
+            keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
+            password=password,
+        )
+    except ssl.SSLError as exc:  # never quotes the password: OpenSSL does not know it as text
+        raise FatalError(
+            "TLS: cannot load kafka.ssl_cafile, ssl_certfile or ssl_keyfile "
+            f"({exc.reason or exc}); is kafka.ssl_key_password right?"
+        ) from None
+    except OSError as exc:
+        raise FatalError(
+            f"TLS: cannot read {exc.filename or 'a TLS file'}: {exc.strerror}"
+        ) from None
+    return context
+
+
+def _no_key_password() -> str:
+    return ""
+
+
+def make_consumer(kafka: KafkaSettings, *, group_id: str | None, **extra: Any) -> AIOKafkaConsumer:
+    """A consumer of raw bytes with manual commits: we decode, and commit after the outputs."""
+    return AIOKafkaConsumer(
+        **connection_options(kafka),
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=kafka.auto_offset_reset,
+        isolation_level="read_committed",
+        session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+        max_poll_interval_ms=kafka.max_poll_interval_ms,
+        fetch_min_bytes=kafka.fetch_min_bytes,
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+        max_partition_fetch_bytes=kafka.max_partition_fetch_bytes,
+        **extra,
+    )
+
+
+def make_producer(kafka: KafkaSettings, **extra: Any) -> AIOKafkaProducer:
+    """An idempotent producer (acks=all): retries never duplicate or reorder a partition."""
+    return AIOKafkaProducer(
+        **connection_options(kafka),
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=kafka.linger_ms,
+        max_batch_size=kafka.max_batch_size,
+        max_request_size=kafka.max_request_size,
+        compression_type=kafka.compression_type,
+        **extra,
+    )
+
+
+def make_admin(kafka: KafkaSettings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**connection_options(kafka))
+
+
+async def acknowledged(futures: Sequence[asyncio.Future[Any]]) -> None:
+    """Wait for every send to be acknowledged; then raise the first failure, if any.
+
+    Unlike a plain ``gather``, no future is left with an exception nobody retrieved.
+    """
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+class StopRequested(Exception):
+    """A stop was asked for while the clients were still connecting."""
+
+
+class _Client(Protocol):
+    async def start(self) -> None: ...
+
+
+async def start_within(
+    client: _Client, kafka: KafkaSettings, what: str, stop: asyncio.Event | None = None
+) -> None:
+    """Start a client, retrying while the brokers cannot be reached, up to the connect timeout.
+
+    Authentication and authorisation errors are not retried: a wrong password stays wrong.
+    A client that fails to start is closed again, and a stop ends the retries at once.
+    """
+    deadline = time.monotonic() + kafka.connect_timeout_s
+    delay = 0.2
+    while True:
+        try:
+            await client.start()
+        except KafkaConnectionError as exc:
+            if stop is not None and stop.is_set():
+                await _close(client)
+                raise StopRequested from None
+            # A wrong password or an untrusted certificate: say so now, not at the deadline.
+            problem = await permanent_failure(kafka, connection_options(kafka))
+            if problem is not None:
+                await _close(client)
+                raise FatalError(f"{what}: {problem}") from None
+            if time.monotonic() + delay > deadline:
+                await _close(client)
+                raise FatalError(
+                    f"cannot reach Kafka at {kafka.bootstrap_servers} within "
+                    f"{kafka.connect_timeout_s:g}s ({what}): {exc}"
+                ) from None
+            log.warning("%s: Kafka not reachable yet (%s); retrying", what, exc)
+            if stop is None:
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 2.0)
+        except KafkaError as exc:
+            await _close(client)
+            raise FatalError(f"{what} failed to start: {type(exc).__name__}: {exc}") from None
+        else:
+            return
+
+
+async def _close(client: _Client) -> None:
+    # Consumers and producers stop(); the admin client close()s.
+    closer = getattr(client, "stop", None) or getattr(client, "close", None)
+    with contextlib.suppress(Exception):  # closing a client that never started is best effort
+        if closer is not None:
+            await closer()
