@@ -37,7 +37,7 @@ from worker.devkit.broker.output import _tail_text
 
 log = logging.getLogger(__name__)
 
-_POM: Final = Path(__file__).resolve().parents[2] / "kafka" / "pom.xml"
+_POM: Final = Path(__file__).resolve().parents[3] / "kafka" / "pom.xml"
 _MVN_TIMEOUT_S: Final = 900.0
 
 
