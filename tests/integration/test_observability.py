@@ -145,12 +145,12 @@ async def test_readyz_waits_for_partitions_and_healthz_answers_during_a_batch(
         left: list[tuple[float, int, float]] = []  # (when, backlog, lag) while it is worked off
         started = time.monotonic()
         while worker.processed < total:
-            busy = worker._batch_lock.locked()
+            busy = worker.batch_lock.locked()
             done = sample(registry, "logit_router_batch_duration_seconds_count")
             status, _, _ = await asyncio.to_thread(http_get, base + "/healthz")
             statuses[status] += 1
             same = sample(registry, "logit_router_batch_duration_seconds_count") == done
-            during += busy and worker._batch_lock.locked() and same
+            during += busy and worker.batch_lock.locked() and same
             if 0 < worker.processed < total:
                 left.append((time.monotonic(), total - worker.processed, lag_total(registry)))
             await until_deadline(started, "the backlog")

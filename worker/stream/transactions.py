@@ -3,9 +3,9 @@
 aiokafka's ``send_offsets_to_transaction`` carries only the group id, not the member's
 generation (no KIP-447), so a worker paused past its session timeout could commit offsets for
 partitions the group has already given to someone else. The pre-KIP-447 remedy is used: one
-transactional producer per input partition, its ``transactional_id`` derived from group,
-topic and partition. Whoever owns a partition calls ``init_transactions`` for that id first,
-which aborts the previous owner's open transaction and fences its producer: a zombie's late
+transactional producer per input partition, its id derived from group, topic and partition
+(``transactional_id``). Whoever owns a partition calls ``init_transactions`` for that id
+first, which aborts the previous owner's open transaction and fences its producer: a zombie's late
 writes and offsets are refused by the broker.
 
 After the producers of newly assigned partitions are initialised (the zombie is fenced), the
@@ -43,7 +43,10 @@ STOP_TIMEOUT_S = 10.0
 
 
 def transactional_id(group_id: str, tp: TopicPartition) -> str:
-    return f"{group_id}.{tp.topic}.{tp.partition}"
+    """``<group>:<topic>:<partition>``. A topic name cannot hold ``:`` (Kafka allows only
+    ``[a-zA-Z0-9._-]``), so read from the right the id names one group, topic and partition:
+    two deployments never share one."""
+    return f"{group_id}:{tp.topic}:{tp.partition}"
 
 
 class Outcome:

@@ -1,0 +1,137 @@
+"""Exactly-once: each batch is one Kafka transaction per input partition, its outputs and its
+next offset committed together or not at all (producers and fencing: ``worker.stream.
+transactions``). An aborted batch is fetched again from its first offset.
+
+A partition's transactions run one at a time: the next batch is routed while one is in flight
+and sent after it settles. Readers of the outputs use ``isolation_level=read_committed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from contextlib import AsyncExitStack
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from worker.core.records import Outbound
+from worker.core.settings import Settings
+from worker.observability.metrics import Metrics
+from worker.stream.connections import FatalError
+from worker.stream.guarantee import Batches, Guarantee, Settling
+from worker.stream.transactions import Outcome, PartitionProducers
+
+RETRY_PAUSE_S = 0.5  # between a batch with an aborted transaction and the next
+
+
+class ExactlyOnce(Guarantee):
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        super().__init__(settings, metrics)
+        self.producers = PartitionProducers(settings)
+        # The next offset to process per partition, as committed. A record below it was
+        # fetched before the last assignment re-positioned the partition and is already in a
+        # committed transaction, ours or a previous owner's: it is skipped.
+        self._next: dict[TopicPartition, int] = {}
+        self._failing_since: float | None = None
+
+    async def open(self, consumer: AIOKafkaConsumer, stack: AsyncExitStack, stop: Any) -> None:
+        await super().open(consumer, stack, stop)
+        stack.push_async_callback(self.producers.close)
+
+    def fresh(self, batches: Batches) -> Batches:
+        kept: Batches = {}
+        for tp, rs in super().fresh(batches).items():
+            start = self._next.get(tp)
+            if start is None:
+                continue  # not (or no longer) ours
+            # The batch in flight commits up to here, or its partition is fetched again (and
+            # what this batch holds of it is dropped once it settles): either way, records
+            # below are not to be processed now.
+            for _, held in self._in_flight:
+                if tp in held:
+                    start = max(start, held[tp][-1].offset + 1)
+            fresh = [r for r in rs if r.offset >= start]
+            if fresh:
+                kept[tp] = fresh
+        return kept
+
+    async def revoke(self, tps: Iterable[TopicPartition]) -> None:
+        tps = list(tps)
+        await super().revoke(tps)
+        await self.producers.revoke(tps)
+        for tp in tps:
+            self._next.pop(tp, None)
+
+    async def assign(self, tps: Iterable[TopicPartition]) -> None:
+        # Producers first: they fence previous owners; then the partitions are positioned at
+        # their committed offsets as they stand after the fencing.
+        self._next.update(await self.producers.assign(self.consumer, tps))
+
+    async def _stage(self, batches: Batches, outputs: list[Outbound]) -> Settling:
+        # A partition whose transaction did not commit is fetched again from its first
+        # offset, so what this batch holds of it is dropped.
+        unsettled = await self.settled()
+        for tp in unsettled:
+            batches.pop(tp, None)  # in place: it is the batch being held
+        outputs = [o for o in outputs if _source(o) not in unsettled]
+        return self._transact(batches, outputs)
+
+    async def _transact(
+        self, batches: Batches, outputs: list[Outbound]
+    ) -> tuple[list[Outbound], set[TopicPartition]]:
+        """One transaction per partition, run side by side; return the committed outputs and
+        the partitions that did not commit."""
+        owned = self.consumer.assignment()
+        by_tp: dict[TopicPartition, list[Outbound]] = {}
+        for o in outputs:  # outputs follow the records, so each list keeps input order
+            by_tp.setdefault(_source(o), []).append(o)
+        tps = [tp for tp in by_tp if tp in owned]
+        results = await asyncio.gather(
+            *(self.producers.commit_batch(tp, by_tp[tp], batches[tp][-1].offset + 1) for tp in tps)
+        )
+        committed: list[Outbound] = []
+        unsettled = {tp for tp in batches if tp not in tps}
+        for tp, outcome in zip(tps, results, strict=True):
+            if outcome == Outcome.COMMITTED:
+                committed.extend(by_tp[tp])
+                self._next[tp] = batches[tp][-1].offset + 1
+                continue
+            unsettled.add(tp)
+            if outcome == Outcome.FENCED:
+                self._next.pop(tp, None)  # the group will move it; stop reading it
+                self.consumer.pause(tp)
+            # Aborted: fetched again from its first offset, but only once the loop has taken
+            # this outcome (``settled``), not here: a seek now could let a fetch already
+            # waiting return these records while this batch still counts as covering them.
+        await self._back_off(failed=bool(unsettled))
+        return committed, unsettled
+
+    def _refetch(self, unsettled: set[TopicPartition]) -> None:
+        """Fetch again from its first uncommitted offset. What was fetched of the partition
+        meanwhile lies past records never committed, and is dropped (``seek`` clears it)."""
+        owned = self.consumer.assignment()
+        for tp in unsettled:
+            start = self._next.get(tp)  # None: fenced or revoked, not ours to read
+            if start is not None and tp in owned:
+                self.consumer.seek(tp, start)
+
+    async def _back_off(self, *, failed: bool) -> None:
+        """Retry aborted transactions with a pause; give up past the connect timeout."""
+        if not failed:
+            self._failing_since = None
+            return
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._failing_since > self.settings.kafka.connect_timeout_s:
+            raise FatalError(
+                "transactions kept failing for "
+                f"{self.settings.kafka.connect_timeout_s:g}s; offsets not committed"
+            )
+        await asyncio.sleep(RETRY_PAUSE_S)
+
+
+def _source(o: Outbound) -> TopicPartition:
+    return TopicPartition(o.source_topic, o.source_partition)
