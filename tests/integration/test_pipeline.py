@@ -39,6 +39,7 @@ from worker.core.routing import ScoringError, route
 from worker.core.settings import Settings
 from worker.devkit import traffic
 from worker.stream import admin
+from worker.stream.service import serve
 from worker.stream.transactions import PartitionProducers
 
 pytestmark = pytest.mark.integration
@@ -245,7 +246,7 @@ class _OffsetsFail:
 
 
 def _inject_aborts(
-    monkeypatch: pytest.MonkeyPatch, abort_this: Callable[[], bool]
+    monkeypatch: pytest.MonkeyPatch, abort_this: Callable[[TopicPartition], bool]
 ) -> list[TopicPartition]:
     """Make the transactions ``abort_this()`` picks fail after sending their outputs: the
     failure is ours, the abort is the broker's. Returns the partitions aborted, in order."""
@@ -255,7 +256,7 @@ def _inject_aborts(
     async def transaction(
         self: PartitionProducers, producer: Any, tp: TopicPartition, outputs: Any, nxt: int
     ) -> None:
-        if abort_this():
+        if abort_this(tp):
             aborted.append(tp)
             producer = _OffsetsFail(producer)
         await real(self, producer, tp, outputs, nxt)
@@ -276,7 +277,7 @@ async def test_exactly_once_aborted_transactions_lose_nothing_while_the_next_bat
     settings, sent = await _nine_partitions_exactly_once(bootstrap, uid, per_topic=1500, seed=2)
     calls: list[int] = []
 
-    def nth_call() -> bool:
+    def nth_call(tp: TopicPartition) -> bool:
         calls.append(1)
         return len(calls) in ABORT_CALLS
 
@@ -300,7 +301,7 @@ async def test_exactly_once_an_abort_while_caught_up_loses_nothing(
     await create_all(settings)
     armed: list[bool] = []
 
-    def once_armed() -> bool:
+    def once_armed(tp: TopicPartition) -> bool:
         if not armed:
             return False
         armed.clear()
@@ -318,6 +319,48 @@ async def test_exactly_once_an_abort_while_caught_up_loses_nothing(
     inputs = await read_inputs(settings)
     assert len(inputs) == sent == 50
     check_outputs(settings, inputs, await read_outputs(settings), exactly_once=True)
+
+
+async def test_exactly_once_a_partition_that_keeps_aborting_stops_the_worker_while_others_commit(
+    bootstrap: str, uid: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One partition's transactions always abort while the other partitions keep committing:
+    the worker gives up after ``kafka.connect_timeout_s`` with one line naming the partition,
+    instead of retrying it for ever (the others' commits must not reset its clock)."""
+    settings = make_settings(
+        bootstrap,
+        uid,
+        kafka={"connect_timeout_s": 4},
+        processing={"guarantee": "exactly_once", "max_batch_records": 100},
+    )
+    await create_all(settings)
+    support, fraud = sorted(settings.topics, key=lambda t: not t.startswith("support"))
+    stuck = TopicPartition(support, 0)
+    aborted = _inject_aborts(monkeypatch, lambda tp: tp == stuck)
+    await traffic.produce(bootstrap, support, traffic.synthetic(60, seed=5))
+
+    async def trickle() -> None:  # fresh work on the other topic, batch after batch
+        for i in range(400):
+            await traffic.produce(bootstrap, fraud, traffic.synthetic(5, seed=100 + i))
+            await asyncio.sleep(0.1)
+
+    feeding = asyncio.create_task(trickle())
+    try:
+        started = time.monotonic()
+        code = await asyncio.wait_for(serve(settings, asyncio.Event()), timeout=90)
+        took = time.monotonic() - started
+    finally:
+        feeding.cancel()
+        await asyncio.gather(feeding, return_exceptions=True)
+    assert code == 1
+    assert aborted and set(aborted) == {stuck}
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert f"transactions for {support}[0] kept aborting for 4s" in " ".join(errors), errors
+    assert took < 60
+    outputs = await read_outputs(settings)
+    scored = [orjson.loads(o.value)["source"] for o in outputs.routed + outputs.escalated]
+    assert any(s["topic"] == fraud for s in scored)  # the others committed meanwhile
+    assert not any(s["topic"] == support and s["partition"] == 0 for s in scored)
 
 
 @GUARANTEES

@@ -34,7 +34,8 @@ class ExactlyOnce(Guarantee):
         # fetched before the last assignment re-positioned the partition and is already in a
         # committed transaction, ours or a previous owner's: it is skipped.
         self._next: dict[TopicPartition, int] = {}
-        self._failing_since: float | None = None
+        # Per partition, when its transactions began to abort without one committing since.
+        self._failing_since: dict[TopicPartition, float] = {}
 
     async def open(self, consumer: AIOKafkaConsumer, stack: AsyncExitStack, stop: Any) -> None:
         await super().open(consumer, stack, stop)
@@ -93,19 +94,24 @@ class ExactlyOnce(Guarantee):
         )
         committed: list[Outbound] = []
         unsettled = {tp for tp in batches if tp not in tps}
+        aborted: list[TopicPartition] = []
         for tp, outcome in zip(tps, results, strict=True):
             if outcome == Outcome.COMMITTED:
                 committed.extend(by_tp[tp])
                 self._next[tp] = batches[tp][-1].offset + 1
+                self._failing_since.pop(tp, None)
                 continue
             unsettled.add(tp)
             if outcome == Outcome.FENCED:
                 self._next.pop(tp, None)  # the group will move it; stop reading it
+                self._failing_since.pop(tp, None)
                 self.consumer.pause(tp)
+            else:
+                aborted.append(tp)
             # Aborted: fetched again from its first offset, but only once the loop has taken
             # this outcome (``settled``), not here: a seek now could let a fetch already
             # waiting return these records while this batch still counts as covering them.
-        await self._back_off(failed=bool(unsettled))
+        await self._back_off(aborted)
         return committed, unsettled
 
     def _refetch(self, unsettled: set[TopicPartition]) -> None:
@@ -117,19 +123,21 @@ class ExactlyOnce(Guarantee):
             if start is not None and tp in owned:
                 self.consumer.seek(tp, start)
 
-    async def _back_off(self, *, failed: bool) -> None:
-        """Retry aborted transactions with a pause; give up past the connect timeout."""
-        if not failed:
-            self._failing_since = None
+    async def _back_off(self, aborted: list[TopicPartition]) -> None:
+        """Retry aborted transactions after a pause. A partition none of whose transactions
+        committed for ``kafka.connect_timeout_s`` stops the worker, however the others fare:
+        a restart resumes from the committed offsets."""
+        if not aborted:
             return
         now = time.monotonic()
-        if self._failing_since is None:
-            self._failing_since = now
-        elif now - self._failing_since > self.settings.kafka.connect_timeout_s:
-            raise FatalError(
-                "transactions kept failing for "
-                f"{self.settings.kafka.connect_timeout_s:g}s; offsets not committed"
-            )
+        bound = self.settings.kafka.connect_timeout_s
+        for tp in aborted:
+            since = self._failing_since.setdefault(tp, now)
+            if now - since > bound:
+                raise FatalError(
+                    f"transactions for {tp.topic}[{tp.partition}] kept aborting for "
+                    f"{bound:g}s; offsets not committed"
+                )
         await asyncio.sleep(RETRY_PAUSE_S)
 
 
