@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -57,6 +58,41 @@ Reason = Literal[
 # beyond any real event, and well inside what the output encoder can write back: orjson's
 # ``dumps`` refuses documents nested 255 levels deep, and ``loads`` stops at 1024.
 MAX_DEPTH = 128
+
+
+# orjson reads an integer outside the 64-bit range as a double, rounding it. Such an integer
+# has at least 19 digits: a document holding a run of 19 digits is read again with every
+# integer exact, so that carried values reach the output unchanged.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_INT_MIN, _INT_END = -(2**63), 2**64  # the integers orjson reads and writes exactly
+
+
+class ExactInt(int):
+    """An integer orjson cannot hold; ``dumps_document`` writes it back digit for digit."""
+
+
+def _exact_int(text: str) -> int:
+    value = int(text)
+    return value if _INT_MIN <= value < _INT_END else ExactInt(value)
+
+
+def _exact(value: object) -> orjson.Fragment:
+    if isinstance(value, ExactInt):
+        return orjson.Fragment(int.__repr__(value).encode())
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def loads_document(raw: bytes) -> Any:
+    """``orjson.loads``, but integers of any size kept exact."""
+    doc = orjson.loads(raw)
+    if _LONG_DIGITS.search(raw) is not None:
+        doc = json.loads(raw, parse_int=_exact_int)  # orjson accepted it: valid JSON
+    return doc
+
+
+def dumps_document(doc: Any) -> bytes:
+    """``orjson.dumps`` of a decoded document, integers of any size included."""
+    return orjson.dumps(doc, default=_exact, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
 
 
 class EventError(ValueError):
@@ -141,7 +177,7 @@ def decode_document(
     if len(raw) > max_bytes:
         raise EventError("payload_too_large", f"{len(raw)} bytes, limit {max_bytes}")
     try:
-        doc = orjson.loads(raw)
+        doc = loads_document(raw)
     except orjson.JSONDecodeError as exc:
         raise _classify_unreadable(raw, exc) from None
     # Counting brackets is a fast C-level scan; only a document that could be too deep is walked.
@@ -270,6 +306,8 @@ def _plainly_valid(raw: bytes | None, max_bytes: int, max_classes: int) -> Routa
         return None
     if raw.count(b"[") + raw.count(b"{") > FAST_MAX_BRACKETS:
         return None
+    if _LONG_DIGITS.search(raw) is not None:
+        return None  # maybe an integer orjson would round
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -15,7 +15,7 @@ import orjson
 
 from worker import __version__
 from worker.core import native
-from worker.core.events import EventError, decode_routable
+from worker.core.events import EventError, decode_routable, dumps_document
 from worker.core.native import Compiled
 from worker.core.routing import Policy, Routing, ScoringError, route
 from worker.core.settings import Settings
@@ -184,7 +184,7 @@ class Router:
         doc["config_version"] = self.config_version
         doc["worker_version"] = __version__
         try:
-            value = orjson.dumps(doc)
+            value = dumps_document(doc)
         except orjson.JSONEncodeError as exc:
             # Decoding should refuse anything orjson cannot write back; should a case slip
             # through, the record is dead-lettered rather than stopping the partition.
