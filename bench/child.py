@@ -65,7 +65,7 @@ async def _raw(spec: Spec, stop: asyncio.Event) -> int:
     consumer = make_consumer(kafka, group_id=kafka.group_id)
     await producer.start()
     await consumer.start()
-    publisher = Publisher(producer, kafka.max_request_size)
+    publisher = Publisher(producer, kafka.max_batch_size, {})
     try:
         consumer.subscribe(sorted(settings.topics))
         while not stop.is_set():
@@ -77,7 +77,7 @@ async def _raw(spec: Spec, stop: asyncio.Event) -> int:
                 for rs in batches.values()
                 for r in rs
             ]
-            await acknowledged(await publisher.send(outputs))
+            await acknowledged([sent.future for sent in await publisher.send(outputs)])
             await consumer.commit(
                 {tp: OffsetAndMetadata(rs[-1].offset + 1, "") for tp, rs in batches.items()}
             )

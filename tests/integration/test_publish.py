@@ -8,12 +8,12 @@ import random
 from typing import Any
 
 import pytest
-from aiokafka.errors import MessageSizeTooLargeError
 
 from worker.core.records import Outbound
 from worker.core.settings import KafkaSettings
 from worker.stream import admin
 from worker.stream.connections import acknowledged, make_producer
+from worker.stream.limits import TopicLimit
 from worker.stream.publish import Publisher
 
 pytestmark = pytest.mark.integration
@@ -47,9 +47,10 @@ async def test_batches_land_where_and_in_the_order_send_puts_them(bootstrap: str
     await producer.start()
     try:
         sent = outputs(ours, 3000)
-        futures = await Publisher(producer, kafka.max_request_size).send(sent)
-        assert len(futures) > 5 * 2  # several batches per partition
-        await acknowledged(futures)
+        handed = await Publisher(producer, kafka.max_batch_size, {}).send(sent)
+        assert len(handed) > 5 * 2  # several batches per partition
+        assert sorted(id(o) for h in handed for o in h.outputs) == sorted(map(id, sent))
+        await acknowledged([h.future for h in handed])
         await acknowledged(
             [
                 await producer.send(reference, o.value, key=o.key, headers=o.headers)
@@ -64,17 +65,25 @@ async def test_batches_land_where_and_in_the_order_send_puts_them(bootstrap: str
     assert len(placed(got)) == 5
 
 
-async def test_an_output_over_max_request_size_is_refused_naming_the_topic(
+async def test_record_batches_close_before_they_pass_a_small_topics_limit(
     bootstrap: str, uid: str
 ) -> None:
-    kafka = KafkaSettings(bootstrap_servers=bootstrap, max_request_size=4096)
-    topic = f"publish-big-{uid}"
-    await admin.create_topics(kafka, [topic], partitions=1)
+    """A topic that takes smaller records than the producer's batch size gets record batches
+    it takes: were they filled to the batch size, the broker would refuse them."""
+    kafka = KafkaSettings(bootstrap_servers=bootstrap, max_batch_size=16384)
+    topic = f"publish-small-{uid}"
+    await admin.create_topics(kafka, [topic], partitions=1, configs={"max.message.bytes": "3000"})
+    limits = {topic: TopicLimit(max_bytes=3000, compacted=False)}
     producer = make_producer(kafka)
     await producer.start()
     try:
-        big = Outbound(topic, b"k", b"x" * 5000, [], "routed", None, "in", 0, 0, 0, None)
-        with pytest.raises(MessageSizeTooLargeError, match=topic):
-            await Publisher(producer, kafka.max_request_size).send([big])
+        sent = [
+            Outbound(topic, b"k", b"x" * 900, [], "routed", None, "in", 0, i, 0, None)
+            for i in range(20)
+        ]
+        handed = await Publisher(producer, kafka.max_batch_size, limits).send(sent)
+        await acknowledged([h.future for h in handed])  # the broker took every batch
     finally:
         await producer.stop()
+    assert all(1 <= len(h.outputs) <= 3 for h in handed)
+    assert len(await admin.read_topic(kafka, topic)) == 20

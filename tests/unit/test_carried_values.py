@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.consumed import Consumed
-from worker.core.records import Router
+from worker.core.records import Outbound, Router
 from worker.core.settings import Settings
 
 TOPICS = {"t": {"temperature": 0.7, "min_margin": 0.1}}
@@ -51,7 +51,7 @@ def spelled(draw: st.DrawFn, value: Any) -> str:
     return "{" + ",".join(items) + "}"
 
 
-def route_both(raw: bytes) -> list[Any]:
+def route_both(raw: bytes) -> list[Outbound]:
     record = Consumed("t", 0, 7, 1_800_000_000_000, b"k", raw, [])
     return [router.process([record])[0] for router in ROUTERS]
 
@@ -83,6 +83,7 @@ def check_carried(text: str) -> bytes:
     compiled, python = route_both(raw)
     assert compiled == python  # the same bytes, the same decision
     assert python.kind in ("routed", "escalated"), python.headers
+    assert python.value is not None
     sent, out = json.loads(raw), json.loads(python.value)
     carried = {k: out[k] for k in sent}
     assert carried == sent

@@ -25,6 +25,9 @@ Headers = list[tuple[str, bytes]]
 
 DLQ_MESSAGE_LIMIT = 1024  # bytes of the error message kept in the dead-letter header
 DLQ_PREFIX = "dlq."
+# Why an output, or its dead letter, could not be written where it was meant to go.
+WriteRefusal = Literal["output_too_large", "output_refused", "dead_letter_too_large"]
+PRIOR_PREFIX = "prior."  # before the dlq.* headers a record already carried
 
 
 class ConsumedRecord(Protocol):
@@ -205,22 +208,36 @@ class Router:
         )
 
     def dead_letter(self, rec: ConsumedRecord, reason: str, error: Exception) -> Outbound:
-        """The record unchanged, byte for byte, with why and where in added headers."""
-        headers = list(rec.headers)
-        headers += [
-            (DLQ_PREFIX + "reason", reason.encode()),
-            (DLQ_PREFIX + "error_class", type(error).__name__.encode()),
-            (DLQ_PREFIX + "message", bounded(str(error), DLQ_MESSAGE_LIMIT)),
-            (DLQ_PREFIX + "source.topic", rec.topic.encode()),
-            (DLQ_PREFIX + "source.partition", str(rec.partition).encode()),
-            (DLQ_PREFIX + "source.offset", str(rec.offset).encode()),
-            (DLQ_PREFIX + "source.timestamp", str(rec.timestamp).encode()),
-            (DLQ_PREFIX + "worker_version", __version__.encode()),
+        """The record unchanged, byte for byte, with why and where in added headers. ``dlq.*``
+        headers it already carries (a dead letter fed back in) are renamed ``prior.dlq.*``, so
+        the ``dlq.*`` a reader finds are this worker's."""
+        headers = [
+            (PRIOR_PREFIX + name if name.startswith(DLQ_PREFIX) else name, value)
+            for name, value in rec.headers
         ]
+        headers += _dlq_headers(rec, reason, error)
+        return self._to_dead_letter_topic(rec, rec.key, rec.value, headers, reason)
+
+    def claim_check(self, rec: ConsumedRecord, reason: str, error: Exception) -> Outbound:
+        """A dead letter too large for the dead-letter topic, in its place: no key, no value and
+        none of the record's own headers; this worker's headers say where the original lies in
+        the input topic, why it was refused, and how large its dead letter was."""
+        headers = _dlq_headers(rec, "dead_letter_too_large", error)
+        headers.append((DLQ_PREFIX + "original_reason", reason.encode()))
+        return self._to_dead_letter_topic(rec, None, None, headers, "dead_letter_too_large")
+
+    def _to_dead_letter_topic(
+        self,
+        rec: ConsumedRecord,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+        reason: str,
+    ) -> Outbound:
         return Outbound(
             topic=self.outputs.dead_letter,
-            key=rec.key,
-            value=rec.value,
+            key=key,
+            value=value,
             headers=headers,
             kind="dead_letter",
             reason=reason,
@@ -230,6 +247,19 @@ class Router:
             source_timestamp=rec.timestamp,
             scores=None,
         )
+
+
+def _dlq_headers(rec: ConsumedRecord, reason: str, error: Exception) -> Headers:
+    return [
+        (DLQ_PREFIX + "reason", reason.encode()),
+        (DLQ_PREFIX + "error_class", type(error).__name__.encode()),
+        (DLQ_PREFIX + "message", bounded(str(error), DLQ_MESSAGE_LIMIT)),
+        (DLQ_PREFIX + "source.topic", rec.topic.encode()),
+        (DLQ_PREFIX + "source.partition", str(rec.partition).encode()),
+        (DLQ_PREFIX + "source.offset", str(rec.offset).encode()),
+        (DLQ_PREFIX + "source.timestamp", str(rec.timestamp).encode()),
+        (DLQ_PREFIX + "worker_version", __version__.encode()),
+    ]
 
 
 def bounded(text: str, limit: int) -> bytes:

@@ -27,7 +27,7 @@ from prometheus_client import (
 from worker import __version__
 from worker.core import native
 from worker.core.events import Reason
-from worker.core.records import Kind, Outbound
+from worker.core.records import Kind, Outbound, WriteRefusal
 from worker.core.routing import EscalationReason
 from worker.core.settings import BATCH_RECORDS, EXACTLY_ONCE_BATCH_RECORDS, Settings
 from worker.observability.histograms import BatchHistogram
@@ -44,7 +44,12 @@ SCORING_REASONS = (
     "not_encodable",
 )
 OTHER_REASON = "other"
-DEAD_LETTER_REASONS: tuple[str, ...] = (*get_args(Reason), *SCORING_REASONS, OTHER_REASON)
+DEAD_LETTER_REASONS: tuple[str, ...] = (
+    *get_args(Reason),
+    *SCORING_REASONS,
+    *get_args(WriteRefusal),
+    OTHER_REASON,
+)
 
 # Dense below 0.3, where escalation thresholds live, coarser above: enough to draw the
 # distribution on [0, 1] as a heatmap and to read quantiles near a threshold.

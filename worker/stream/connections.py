@@ -136,6 +136,18 @@ async def acknowledged(futures: Sequence[asyncio.Future[Any]]) -> None:
             raise result
 
 
+async def stop_within(producer: AIOKafkaProducer, what: str, timeout_s: float = 10.0) -> None:
+    """Stop a producer, giving up after ``timeout_s``: one whose requests never end (brokers
+    gone, a transaction stuck) can hang in ``stop``, and a rebalance or a shutdown must not."""
+    stopping = asyncio.ensure_future(producer.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=timeout_s)
+    if not done:
+        stopping.cancel()
+        log.warning("%s did not stop in time", what)
+    elif stopping.exception() is not None:  # a fenced producer may complain on the way out
+        log.debug("stopping %s: %s", what, stopping.exception())
+
+
 class StopRequested(Exception):
     """A stop was asked for while the clients were still connecting."""
 

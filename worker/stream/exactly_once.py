@@ -21,15 +21,16 @@ from worker.core.settings import Settings
 from worker.observability.metrics import Metrics
 from worker.stream.connections import FatalError
 from worker.stream.guarantee import Batches, Guarantee, Settling
+from worker.stream.limits import Fitter
 from worker.stream.transactions import Outcome, PartitionProducers
 
 RETRY_PAUSE_S = 0.5  # between a batch with an aborted transaction and the next
 
 
 class ExactlyOnce(Guarantee):
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        super().__init__(settings, metrics)
-        self.producers = PartitionProducers(settings)
+    def __init__(self, settings: Settings, metrics: Metrics, fitter: Fitter) -> None:
+        super().__init__(settings, metrics, fitter)
+        self.producers = PartitionProducers(settings, fitter.limits)
         # The next offset to process per partition, as committed. A record below it was
         # fetched before the last assignment re-positioned the partition and is already in a
         # committed transaction, ours or a previous owner's: it is skipped.
@@ -108,6 +109,14 @@ class ExactlyOnce(Guarantee):
                 self.consumer.pause(tp)
             else:
                 aborted.append(tp)
+        if Outcome.REFUSED in results:
+            # A topic's limits changed since they were read. The producer's sequence is broken
+            # now, and re-initialising it here could fence the partition's rightful owner:
+            # a restart reads the limits again and dead-letters what no longer fits.
+            raise FatalError(
+                "the broker refused a record the topic limits read at start allowed; exiting, "
+                "so that a restart reads them again (offsets not committed)"
+            )
             # Aborted: fetched again from its first offset, but only once the loop has taken
             # this outcome (``settled``), not here: a seek now could let a fetch already
             # waiting return these records while this batch still counts as covering them.

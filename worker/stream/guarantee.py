@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from worker.core.records import Outbound
 from worker.core.settings import Settings
 from worker.observability.metrics import Metrics
+from worker.stream.limits import Fitter
 
 # Records of a fetch, by input partition (aiokafka's ``ConsumerRecord`` lists).
 Batches = dict[TopicPartition, list[Any]]
@@ -45,9 +46,10 @@ class InFlight(NamedTuple):
 class Guarantee(ABC):
     """Publishing and committing, behind the calls the loop and the rebalance listener make."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, fitter: Fitter) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.fitter = fitter
         self.consumer: AIOKafkaConsumer  # bound by ``open``
         self.processed = 0  # outputs committed
         # Sent and not yet settled, oldest first; and every batch fetched and not yet

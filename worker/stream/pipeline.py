@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -35,6 +36,7 @@ from worker.stream.at_least_once import AtLeastOnce
 from worker.stream.connections import FatalError, StopRequested, make_consumer, start_within
 from worker.stream.exactly_once import ExactlyOnce
 from worker.stream.guarantee import Batches, Guarantee
+from worker.stream.limits import LIMITS_REFRESH_S, Fitter
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,9 @@ class Worker:
         self.settings = settings
         self.metrics = metrics
         self.router = Router(settings)
+        self.fitter = Fitter(self.router, settings.kafka, {})
         self.inputs = sorted(settings.topics)
-        self.guarantee = GUARANTEES[settings.processing.guarantee](settings, metrics)
+        self.guarantee = GUARANTEES[settings.processing.guarantee](settings, metrics, self.fitter)
         self.batch_lock = asyncio.Lock()  # a batch being routed, or a rebalance
         self.started = False
         self.assignment: frozenset[TopicPartition] = frozenset()
@@ -89,9 +92,12 @@ class Worker:
             await start_within(consumer, kafka, "consumer", stop)
             stack.push_async_callback(self._close_consumer, consumer)
             await self._check_topics(consumer)
+            await self.fitter.refresh()
             consumer.subscribe(self.inputs, listener=_Listener(self))
             lag = asyncio.create_task(self._refresh_lag(consumer))
             stack.push_async_callback(_cancelled, lag)  # before the consumer closes
+            refresh = _every(lambda: LIMITS_REFRESH_S, "topic limits", self.fitter.refresh)
+            stack.push_async_callback(_cancelled, asyncio.create_task(refresh))
             self.started = True
             log.info(
                 "worker started: inputs=%s group=%s guarantee=%s hot_path=%s config_version=%s",
@@ -160,18 +166,13 @@ class Worker:
         for start in range(0, len(records), ROUTE_SLICE):
             if start:
                 await asyncio.sleep(0)
-            outputs += self.router.process(records[start : start + ROUTE_SLICE])
+            chunk = records[start : start + ROUTE_SLICE]
+            outputs += self.fitter.fit(chunk, self.router.process(chunk))
         return outputs
 
     async def _refresh_lag(self, consumer: AIOKafkaConsumer) -> None:
-        """Refresh the lag gauge every ``LAG_REFRESH_S`` until cancelled. A refresh that fails
-        is logged and the next one tried: the gauge never stops the worker."""
-        while True:
-            await asyncio.sleep(LAG_REFRESH_S)
-            try:
-                await self._update_lag(consumer)
-            except Exception as exc:  # noqa: BLE001 - a metric, not the pipeline
-                log.warning("consumer lag not refreshed: %s: %s", type(exc).__name__, exc)
+        """Refresh the lag gauge every ``LAG_REFRESH_S`` until cancelled."""
+        await _every(lambda: LAG_REFRESH_S, "consumer lag", lambda: self._update_lag(consumer))
 
     async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
         """Lag of every assigned partition: the end last seen in a fetch (highwater) minus the
@@ -252,6 +253,19 @@ async def _finish_within(task: asyncio.Task[Any], stop: asyncio.Event, drain: _D
                 "their offsets stay uncommitted and will be redelivered"
             )
     task.result()
+
+
+async def _every(
+    period: Callable[[], float], what: str, refresh: Callable[[], Awaitable[None]]
+) -> None:
+    """Run ``refresh`` every ``period()`` seconds until cancelled. One that fails is logged and
+    the next one tried: a refresh never stops the worker."""
+    while True:
+        await asyncio.sleep(period())
+        try:
+            await refresh()
+        except Exception as exc:  # noqa: BLE001 - kept as it was until the next one
+            log.warning("%s not refreshed: %s: %s", what, type(exc).__name__, exc)
 
 
 async def _cancelled(task: asyncio.Task[Any]) -> None:

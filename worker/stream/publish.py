@@ -16,57 +16,79 @@ partitions and their order are the ones ``send`` would give:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
 from worker.core import native
 from worker.core.records import Outbound
+from worker.stream.limits import TopicLimit, record_size
+
+
+class Sent(NamedTuple):
+    """One record batch handed to the producer: its delivery future and its outputs."""
+
+    future: asyncio.Future[Any]
+    outputs: list[Outbound]
 
 
 class Publisher:
-    def __init__(self, producer: AIOKafkaProducer, max_request_size: int) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, batch_size: int, limits: Mapping[str, TopicLimit]
+    ) -> None:
         self.producer = producer
-        self.max_request_size = max_request_size
+        self.batch_size = batch_size
+        self.limits = limits  # the topics' limits, kept current by the worker (``Fitter``)
         self._partitioner = DefaultPartitioner()  # what AIOKafkaProducer uses by default
 
-    async def send(self, outputs: Sequence[Outbound]) -> list[asyncio.Future[Any]]:
-        """Queue every output; return one delivery future per record batch.
+    async def send(self, outputs: Sequence[Outbound]) -> list[Sent]:
+        """Queue every output; return the record batches handed over.
 
-        Await them (``worker.stream.connections.acknowledged``) before committing the inputs.
+        Await their futures (``worker.stream.connections.acknowledged``) before committing the
+        inputs. Every output must fit its topic (``worker.stream.limits``); a record batch is
+        closed before it grows past what its topic takes.
         """
         producer = self.producer
         partition_index = native.partition_index
         partitions: dict[str, list[int]] = {}
-        open_batches: dict[tuple[str, int], Any] = {}
-        futures: list[asyncio.Future[Any]] = []
+        caps: dict[str, int | None] = {}
+        open_batches: dict[tuple[str, int], tuple[Any, list[Outbound]]] = {}
+        sent: list[Sent] = []
         for o in outputs:
             topic = o.topic
             known = partitions.get(topic)
             if known is None:
                 known = partitions[topic] = sorted(await producer.partitions_for(topic))
+                limit = self.limits.get(topic)
+                small = limit is not None and limit.max_bytes < self.batch_size
+                caps[topic] = limit.max_bytes if small and limit is not None else None
             key = o.key
             if key is not None and partition_index is not None:
                 partition = known[partition_index(key, len(known))]
             else:
                 partition = self._partitioner(key, known, known)
             slot = (topic, partition)
-            batch = open_batches.get(slot)
-            if batch is None:
-                batch = open_batches[slot] = producer.create_batch()
-            meta = batch.append(timestamp=None, key=o.key, value=o.value, headers=o.headers)
-            if meta is None:  # full: hand it over and start the next one
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = open_batches[slot] = producer.create_batch()
-                meta = batch.append(timestamp=None, key=o.key, value=o.value, headers=o.headers)
-            if meta.size > self.max_request_size:
-                raise MessageSizeTooLargeError(
-                    f"an output to {topic} is {meta.size} bytes, larger than "
-                    f"max_request_size ({self.max_request_size})"
-                )
-        for (topic, partition), batch in open_batches.items():
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-        return futures
+            held = open_batches.get(slot)
+            if held is None:
+                held = open_batches[slot] = (producer.create_batch(), [])
+            cap = caps[topic]
+            if cap is not None and held[1] and held[0].size() + record_size(o) > cap:
+                sent.append(await self._hand_over(held, topic, partition))
+                held = open_batches[slot] = (producer.create_batch(), [])
+            if held[0].append(timestamp=None, key=o.key, value=o.value, headers=o.headers) is None:
+                # full: hand it over and start the next one
+                sent.append(await self._hand_over(held, topic, partition))
+                held = open_batches[slot] = (producer.create_batch(), [])
+                held[0].append(timestamp=None, key=o.key, value=o.value, headers=o.headers)
+            held[1].append(o)
+        for (topic, partition), held in open_batches.items():
+            sent.append(await self._hand_over(held, topic, partition))
+        return sent
+
+    async def _hand_over(
+        self, held: tuple[Any, list[Outbound]], topic: str, partition: int
+    ) -> Sent:
+        batch, outs = held
+        return Sent(await self.producer.send_batch(batch, topic, partition=partition), outs)

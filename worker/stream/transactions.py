@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
@@ -33,13 +33,17 @@ from aiokafka.structs import OffsetAndMetadata
 
 from worker.core.records import Outbound
 from worker.core.settings import Settings
-from worker.stream.connections import FatalError, acknowledged, make_producer, start_within
+from worker.stream.connections import (
+    FatalError,
+    acknowledged,
+    make_producer,
+    start_within,
+    stop_within,
+)
+from worker.stream.limits import TopicLimit, is_record_refusal
 from worker.stream.publish import Publisher
 
 log = logging.getLogger(__name__)
-
-
-STOP_TIMEOUT_S = 10.0
 
 
 def transactional_id(group_id: str, tp: TopicPartition) -> str:
@@ -53,13 +57,15 @@ class Outcome:
     COMMITTED = "committed"
     ABORTED = "aborted"  # transient failure: the batch is fetched again from its first offset
     FENCED = "fenced"  # another worker owns the partition now
+    REFUSED = "refused"  # aborted: the broker refused a record for what it is
 
 
 class PartitionProducers:
     """One transactional producer per assigned input partition."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, limits: Mapping[str, TopicLimit]) -> None:
         self.settings = settings
+        self.limits = limits
         self.group_id = settings.kafka.group_id
         self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
 
@@ -100,17 +106,8 @@ class PartitionProducers:
 
     async def _stop(self, tp: TopicPartition) -> None:
         producer = self._producers.pop(tp, None)
-        if producer is None:
-            return
-        # A producer whose transaction never ends (brokers gone) can hang in stop(); a
-        # rebalance or a shutdown must not hang with it.
-        stopping = asyncio.ensure_future(producer.stop())
-        done, _ = await asyncio.wait({stopping}, timeout=STOP_TIMEOUT_S)
-        if not done:
-            stopping.cancel()
-            log.warning("producer for %s[%d] did not stop in time", tp.topic, tp.partition)
-        elif stopping.exception() is not None:  # a fenced producer may complain on the way out
-            log.debug("stopping producer for %s: %s", tp, stopping.exception())
+        if producer is not None:
+            await stop_within(producer, f"producer for {tp.topic}[{tp.partition}]")
 
     async def commit_batch(
         self, tp: TopicPartition, outputs: Sequence[Outbound], next_offset: int
@@ -139,6 +136,15 @@ class PartitionProducers:
             await self._stop(tp)
             return Outcome.FENCED
         except KafkaError as exc:
+            if is_record_refusal(exc):
+                log.warning(
+                    "transaction for %s[%d] aborted, a record was refused: %s: %s",
+                    tp.topic,
+                    tp.partition,
+                    type(exc).__name__,
+                    exc,
+                )
+                return Outcome.REFUSED
             # The transaction was aborted (by the context manager); the same producer goes on.
             # It is never re-initialised here: only an assignment from the group may do that,
             # or a zombie that had not yet noticed its eviction would fence the rightful owner.
@@ -160,7 +166,7 @@ class PartitionProducers:
         next_offset: int,
     ) -> None:
         async with producer.transaction():
-            publisher = Publisher(producer, self.settings.kafka.max_request_size)
-            await acknowledged(await publisher.send(outputs))
+            publisher = Publisher(producer, self.settings.kafka.max_batch_size, self.limits)
+            await acknowledged([sent.future for sent in await publisher.send(outputs)])
             offsets = {tp: OffsetAndMetadata(next_offset, "")}
             await producer.send_offsets_to_transaction(offsets, self.group_id)
