@@ -8,7 +8,6 @@ defaults. Settings are built once in the CLI and passed down; nothing here is gl
 from __future__ import annotations
 
 import hashlib
-import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from worker.core import rules
 from worker.core.errors import ConfigError
 from worker.core.routing import Policy
 
@@ -35,14 +35,10 @@ __all__ = ["ConfigError", "Settings", "load_settings"]
 ENV_PREFIX = "LOGIT_ROUTER_"
 
 
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError("must be finite")
-    return value
-
-
-Temperature = Annotated[float, Field(gt=0.0), AfterValidator(_finite)]
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+# The policy types: the rules in ``rules``, which the command line's converters call too.
+Temperature = Annotated[float, AfterValidator(rules.temperature)]
+Probability = Annotated[float, AfterValidator(rules.probability)]
+Labels = Annotated[tuple[str, ...], AfterValidator(rules.labels)]
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -165,7 +161,7 @@ class TopicPolicy(BaseModel):
     temperature: Temperature = 1.0
     min_margin: Probability = 0.1
     min_top1: Probability | None = None
-    labels: tuple[str, ...] | None = Field(None, min_length=2)
+    labels: Labels | None = None
 
     def policy(self) -> Policy:
         return Policy(self.temperature, self.min_margin, self.min_top1, self.labels)
@@ -322,7 +318,9 @@ def describe_validation_error(exc: ValidationError) -> str:
         unknown = err["type"] == "extra_forbidden"
         masked = _looks_secret(where) or (unknown and _may_be_secret(where))
         shown = "'**********'" if masked else _short(value)
-        lines.append(f"{where} = {shown}: {err['msg']}")
+        # A rule's own ValueError text, without pydantic's "Value error, " in front of it.
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{where} = {shown}: {message}")
     return "invalid config: " + "; ".join(lines)
 
 
