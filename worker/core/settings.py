@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.core import rules
+from worker.core.environment import EnvironmentSource
 from worker.core.errors import ConfigError
 from worker.core.routing import Policy
 
@@ -223,12 +224,8 @@ class LogSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
-        frozen=True,
-        extra="forbid",
-    )
+    # The environment is read by EnvironmentSource, with ENV_PREFIX (see the sources below).
+    model_config = SettingsConfigDict(frozen=True, extra="forbid")
 
     kafka: KafkaSettings = KafkaSettings()
     outputs: OutputTopics = OutputTopics()
@@ -268,7 +265,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment beats the file (given as init kwargs), as twelve-factor apps expect.
-        return env_settings, file_secret_settings, init_settings
+        # Our own reader of it, not pydantic-settings': that one lower-cases a topic's name.
+        return EnvironmentSource(settings_cls, ENV_PREFIX), file_secret_settings, init_settings
 
     def policies(self) -> dict[str, Policy]:
         return {topic: tp.policy() for topic, tp in self.topics.items()}
