@@ -66,6 +66,12 @@ BAD_FIELDS = [
     ('[topics."t"]\nmin_margin = -0.1', "topics.t.min_margin", "-0.1"),
     ('[topics."t"]\nmin_top1 = 2', "topics.t.min_top1", "2"),
     ('[topics."t"]\nlabels = ["only-one"]', "topics.t.labels", "['only-one']"),
+    # Strict types in the file: no bool or string for a number, no string for a bool.
+    ('[topics."t"]\ntemperature = true', "topics.t.temperature", "True"),
+    ('[topics."t"]\nmin_margin = "0.15"', "topics.t.min_margin", "'0.15'"),
+    ('[topics."t"]\nmin_top1 = false', "topics.t.min_top1", "False"),
+    ("[kafka]\nsession_timeout_ms = '45000'\n[topics.t]", "kafka.session_timeout_ms", "'45000'"),
+    ("[http]\nenabled = 'no'\n[topics.t]", "http.enabled", "'no'"),
     # Labels: each one named, none twice.
     ('[topics."t"]\nlabels = ["", ""]', "topics.t.labels", "['', '']"),
     ('[topics."t"]\nlabels = ["a", "a", "b"]', "topics.t.labels", "['a', 'a', 'b']"),
@@ -96,6 +102,16 @@ def test_bad_config_names_field_and_value(
     message = str(err.value)
     assert field in message
     assert f"= {value}" in message or not value
+
+
+def test_whole_numbers_stand_for_floats(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[topics."t"]\ntemperature = 1\nmin_margin = 0\n[kafka]\nconnect_timeout_s = 5\n'
+    )
+    s = load_settings(path)
+    assert (s.topics["t"].temperature, s.topics["t"].min_margin) == (1.0, 0.0)
+    assert s.kafka.connect_timeout_s == 5.0
 
 
 @pytest.mark.parametrize(

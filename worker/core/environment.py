@@ -8,9 +8,10 @@ a topic name, is kept exactly as written, capitals, dots and dashes included:
 ``Support-Intents``. As with the file, such a variable for a topic the file does not name adds
 that topic, under exactly that name, with the defaults for what it does not set.
 
-The environment only has strings. A string is read here as its field's type: a number or a
-bool as pydantic reads one from text, a section, mapping or list as JSON. A string that does
-not read is passed on as it is, and the model refuses it, naming the field and the value.
+The file's values are typed by TOML and held to strict types; the environment only has strings.
+So a string is read here as its field's type: a number or a bool as pydantic reads one from
+text, a section, mapping or list as JSON. A string that does not read is passed on as it is,
+and the model refuses it, naming the field and the value.
 """
 
 from __future__ import annotations
