@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,14 +172,16 @@ def kill_leftovers() -> None:
             proc.wait(30)
 
 
-def start_worker(config: Path) -> subprocess.Popen[bytes]:
-    """``logit-router run`` as a real process; its log goes to ``<config>.log``."""
+def start_worker(config: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``logit-router run`` as a real process, with ``env`` added to the environment; its log
+    goes to ``<config>.log``."""
     log = config.with_suffix(".log").open("ab")
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "worker", "run", "--config", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=None if env is None else {**os.environ, **env},
         )
         STARTED.append(proc)
         return proc

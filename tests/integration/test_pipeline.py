@@ -36,7 +36,7 @@ from worker import __version__
 from worker.core.events import EventError, decode_event
 from worker.core.records import DLQ_PREFIX
 from worker.core.routing import ScoringError, route
-from worker.core.settings import Settings
+from worker.core.settings import Settings, load_settings
 from worker.devkit import traffic
 from worker.stream import admin
 from worker.stream.service import serve
@@ -434,6 +434,39 @@ async def test_sigterm_mid_stream_exits_0_and_loses_nothing(
         await wait_until_committed(settings)
     check_outputs(settings, await read_inputs(settings), await read_outputs(settings),
                   exactly_once=guarantee == "exactly_once")  # fmt: skip
+
+
+async def test_an_environment_override_reaches_a_topic_named_with_capitals_dots_and_dashes(
+    bootstrap: str, uid: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic = f"Support.Intents-EU_{uid}"
+    settings = make_settings(bootstrap, uid, topics={topic: {"min_margin": 0.1}})
+    await create_all(settings)
+    config = write_config(settings, tmp_path / "w.toml")
+    env = {f"LOGIT_ROUTER_TOPICS__{topic}__MIN_MARGIN": "0.55"}
+    # What the worker should make of the file and that variable: the same topics, one changed.
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    effective = load_settings(config)
+    assert set(effective.topics) == set(settings.topics)
+    assert effective.topics[topic].min_margin == 0.55
+    events = traffic.synthetic(200, seed=7, classes=2, malformed_rate=0.0)
+    sent = await traffic.produce(bootstrap, topic, events)
+    with start_worker(config, env) as proc:
+        try:
+            # A phantom lower-cased topic would not exist: the worker would exit 1 saying so.
+            await wait_until_committed(effective, timeout_s=90)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(proc.wait, 30)
+    assert code == 0, worker_log(config)
+    outputs = await read_outputs(effective)
+    docs = [orjson.loads(r.value) for r in (*outputs.routed, *outputs.escalated)]
+    assert len(docs) >= sent and not outputs.dead
+    assert {d["source"]["topic"] for d in docs} == {topic}
+    assert {d["policy"]["min_margin"] for d in docs} == {0.55}
+    assert {d["config_version"] for d in docs} == {effective.config_version}
+    check_outputs(effective, await read_inputs(effective), outputs, exactly_once=False)
 
 
 def test_bad_config_exits_before_touching_kafka(tmp_path: Path) -> None:

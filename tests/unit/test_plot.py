@@ -131,9 +131,10 @@ def test_without_matplotlib_one_line_names_the_extra(tmp_path: Path, args: list[
         (["plot", "--logits", "1,nan", "-o", "{tmp}/c.png"], "NaN"),
         (["plot", "--logits", "1,2", "--temperatures", "0,1", "-o", "{tmp}/c.png"], "temperatures"),
         (
-            ["plot", "--logits", "1,2", "--labels", "a", "-o", "{tmp}/c.png"],
-            "1 labels for 2 logits",
+            ["plot", "--logits", "1,2", "--labels", "a,b,c", "-o", "{tmp}/c.png"],
+            "3 labels for 2 logits",
         ),
+        (["plot", "--logits", "1,2", "--labels", "a,a", "-o", "{tmp}/c.png"], "unique"),
         (["plot", "--logits", "1,2", "-o", "{tmp}/nowhere/c.png"], "no such directory"),
         (["plot", "--logits", "1,2", "-o", "{tmp}"], "is a directory"),
         (["plot", "--logits", "1,2"], "--output"),

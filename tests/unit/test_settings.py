@@ -66,6 +66,15 @@ BAD_FIELDS = [
     ('[topics."t"]\nmin_margin = -0.1', "topics.t.min_margin", "-0.1"),
     ('[topics."t"]\nmin_top1 = 2', "topics.t.min_top1", "2"),
     ('[topics."t"]\nlabels = ["only-one"]', "topics.t.labels", "['only-one']"),
+    # Strict types in the file: no bool or string for a number, no string for a bool.
+    ('[topics."t"]\ntemperature = true', "topics.t.temperature", "True"),
+    ('[topics."t"]\nmin_margin = "0.15"', "topics.t.min_margin", "'0.15'"),
+    ('[topics."t"]\nmin_top1 = false', "topics.t.min_top1", "False"),
+    ("[kafka]\nsession_timeout_ms = '45000'\n[topics.t]", "kafka.session_timeout_ms", "'45000'"),
+    ("[http]\nenabled = 'no'\n[topics.t]", "http.enabled", "'no'"),
+    # Labels: each one named, none twice.
+    ('[topics."t"]\nlabels = ["", ""]', "topics.t.labels", "['', '']"),
+    ('[topics."t"]\nlabels = ["a", "a", "b"]', "topics.t.labels", "['a', 'a', 'b']"),
     ('[topics."t"]\ncolour = "red"', "topics.t.colour", "'red'"),
     ("[kafka]\nbootstrap_servers = ''\n[topics.t]", "kafka.bootstrap_servers", "''"),
     ("[kafka]\nsession_timeout_ms = 5\n[topics.t]", "kafka.session_timeout_ms", "5"),
@@ -95,10 +104,92 @@ def test_bad_config_names_field_and_value(
     assert f"= {value}" in message or not value
 
 
-def test_bad_environment_value_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOGIT_ROUTER_HTTP__PORT", "eighty")
-    with pytest.raises(ConfigError, match=r"http\.port = 'eighty'"):
+def test_whole_numbers_stand_for_floats(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[topics."t"]\ntemperature = 1\nmin_margin = 0\n[kafka]\nconnect_timeout_s = 5\n'
+    )
+    s = load_settings(path)
+    assert (s.topics["t"].temperature, s.topics["t"].min_margin) == (1.0, 0.0)
+    assert s.kafka.connect_timeout_s == 5.0
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "field", "shown"),
+    [
+        ("LOGIT_ROUTER_HTTP__PORT", "eighty", "http.port", "'eighty'"),
+        (
+            "LOGIT_ROUTER_TOPICS__support.intents__TEMPERATURE",
+            "hot",
+            "topics.support.intents.temperature",
+            "'hot'",
+        ),
+        (
+            "LOGIT_ROUTER_TOPICS__support.intents__TEMPERATURE",
+            "0",
+            "topics.support.intents.temperature",
+            "0.0",
+        ),
+        ("LOGIT_ROUTER_HTTP__ENABLED", "maybe", "http.enabled", "'maybe'"),
+        ("LOGIT_ROUTER_KAFKA__BOGUS", "1", "kafka.bogus", "'1'"),
+    ],
+)
+def test_bad_environment_value_names_the_field(
+    monkeypatch: pytest.MonkeyPatch, name: str, text: str, field: str, shown: str
+) -> None:
+    monkeypatch.setenv(name, text)
+    with pytest.raises(ConfigError) as err:
         load_settings(EXAMPLE)
+    assert f"{field} = {shown}:" in str(err.value)
+
+
+def test_environment_strings_are_read_as_the_fields_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGIT_ROUTER_TOPICS__support.intents__TEMPERATURE", "0.9")
+    monkeypatch.setenv("LOGIT_ROUTER_TOPICS__fraud.scores__MIN_TOP1", "0.5")
+    monkeypatch.setenv("LOGIT_ROUTER_TOPICS__fraud.scores__LABELS", '["ok", "fraud"]')
+    monkeypatch.setenv("LOGIT_ROUTER_PROCESSING__MAX_BATCH_RECORDS", "300")
+    monkeypatch.setenv("LOGIT_ROUTER_HTTP__ENABLED", "false")
+    s = load_settings(EXAMPLE)
+    assert s.topics["support.intents"].temperature == 0.9
+    assert s.topics["support.intents"].min_margin == 0.15  # the rest of the topic: the file's
+    assert s.topics["fraud.scores"].min_top1 == 0.5
+    assert s.topics["fraud.scores"].labels == ("ok", "fraud")
+    assert s.processing.max_batch_records == 300
+    assert s.http.enabled is False
+
+
+@pytest.mark.parametrize("topic", ["Support-Intents", "Fraud.Scores-EU_v2", "a__b", "UPPER"])
+def test_an_environment_override_reaches_a_topic_named_with_capitals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, topic: str
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[topics."{topic}"]\ntemperature = 0.7\nmin_margin = 0.15\n')
+    monkeypatch.setenv(f"LOGIT_ROUTER_TOPICS__{topic}__MIN_MARGIN", "0.5")
+    s = load_settings(path)
+    assert list(s.topics) == [topic]  # no second topic under another spelling
+    assert (s.topics[topic].temperature, s.topics[topic].min_margin) == (0.7, 0.5)
+
+
+def test_an_environment_variable_for_a_new_topic_adds_it_under_its_exact_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LOGIT_ROUTER_TOPICS__Billing.Disputes__TEMPERATURE", "1.2")
+    s = load_settings(EXAMPLE)
+    assert set(s.topics) == {"support.intents", "fraud.scores", "Billing.Disputes"}
+    assert (s.topics["Billing.Disputes"].temperature, s.topics["Billing.Disputes"].min_margin) == (
+        1.2,
+        0.1,
+    )
+
+
+def test_field_names_match_in_any_case_and_other_variables_are_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("logit_router_kafka__group_id", "lower")
+    monkeypatch.setenv("LOGIT_ROUTER_Log__Level", "DEBUG")
+    monkeypatch.setenv("LOGIT_ROUTER_BROKER", "local")  # the dev kit's, not a setting
+    s = load_settings(EXAMPLE)
+    assert (s.kafka.group_id, s.log.level) == ("lower", "DEBUG")
 
 
 def test_secrets_are_masked_in_errors_and_repr() -> None:

@@ -27,10 +27,10 @@ from worker.cli.common import (
     existing_file,
     float_list,
     labels,
-    positive_floats,
     positive_int,
     probability,
     temperature,
+    temperatures,
 )
 
 T = TypeVar("T")
@@ -440,7 +440,7 @@ def _add_whatif(sub: argparse._SubParsersAction[Parser]) -> None:
         "--input", type=existing_file, default=None, help="JSONL events instead of Kafka"
     )
     p.add_argument(
-        "--temperatures", type=positive_floats, default=None, help="default 0.5,0.7,1.0,1.3,1.6,2.0"
+        "--temperatures", type=temperatures, default=None, help="default 0.5,0.7,1.0,1.3,1.6,2.0"
     )
     p.add_argument(
         "--min-margins", type=_probabilities, default=None, help="default 0.05,0.1,0.15,0.2,0.3"
@@ -467,7 +467,7 @@ def _add_plot(sub: argparse._SubParsersAction[Parser]) -> None:
         "--logits", type=float_list, default=None, help="temperature chart: e.g. 3.2,2.8,0.5"
     )
     p.add_argument(
-        "--temperatures", type=positive_floats, default=None, help="default 0.5,0.7,1.0,1.3,1.6,2.0"
+        "--temperatures", type=temperatures, default=None, help="default 0.5,0.7,1.0,1.3,1.6,2.0"
     )
     p.add_argument(
         "--labels", type=labels, default=None, help="legend names (default class_1, class_2, ...)"

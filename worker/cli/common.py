@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
+
+from worker.core import rules
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+V = TypeVar("V")
+R = TypeVar("R")
 
 
 class UsageError(Exception):
@@ -24,47 +30,47 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text.strip()!r}") from None
+
+
 def float_list(text: str) -> list[float]:
     """``3.2,2.8,-inf`` to floats; NaN and +inf are refused here, -inf marks a masked class."""
-    values = []
-    for part in text.split(","):
-        try:
-            value = float(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {part.strip()!r}") from None
+    values = [_number(part) for part in text.split(",")]
+    for part, value in zip(text.split(","), values, strict=True):
         if math.isnan(value) or value == math.inf:
             raise argparse.ArgumentTypeError(f"{part.strip()!r} is not allowed (NaN or +inf)")
-        values.append(value)
     return values
 
 
-def positive_floats(text: str) -> list[float]:
-    values = float_list(text)
-    if not all(math.isfinite(v) and v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"temperatures must be finite and > 0: {text!r}")
-    return values
+def _checked(rule: Callable[[V], R], value: V, text: str) -> R:
+    """``value`` through one of the rules the config uses too, refused in the rule's words."""
+    try:
+        return rule(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, got {text.strip()!r}") from None
+
+
+def temperatures(text: str) -> list[float]:
+    """Temperatures, ``0.5,0.7,1.0``: each under the config's rule for a temperature."""
+    return [_checked(rules.temperature, _number(part), part) for part in text.split(",")]
 
 
 def temperature(text: str) -> float:
-    return positive_floats(text)[0] if "," not in text else _too_many(text)
-
-
-def _too_many(text: str) -> float:
-    raise argparse.ArgumentTypeError(f"one temperature expected, got {text!r}")
+    if "," in text:
+        raise argparse.ArgumentTypeError(f"one temperature expected, got {text!r}")
+    return _checked(rules.temperature, _number(text), text)
 
 
 def probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text!r}")
-    return value
+    return _checked(rules.probability, _number(text), text)
 
 
-def labels(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",")]
+def labels(text: str) -> tuple[str, ...]:
+    return _checked(rules.labels, [part.strip() for part in text.split(",")], text)
 
 
 def existing_file(text: str) -> Path:

@@ -49,8 +49,8 @@ def _add_score(sub: argparse._SubParsersAction[Parser]) -> None:
 def _score(args: argparse.Namespace) -> int:
     from worker.core.routing import Policy, ScoringError, route
 
+    policy = Policy(args.temperature, args.min_margin, args.min_top1)  # checked by the parser
     try:
-        policy = Policy(args.temperature, args.min_margin, args.min_top1)
         routing = route(args.logits, policy, args.labels)
     except ScoringError as exc:
         raise UsageError(f"logit-router score: {exc}") from None

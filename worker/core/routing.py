@@ -25,7 +25,7 @@ _NEG_INF = -math.inf
 
 
 class ScoringError(ValueError):
-    """A logit vector or temperature that cannot be scored; ``code`` is a stable reason code."""
+    """A logit vector that cannot be scored; ``code`` is a stable reason code."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -46,19 +46,16 @@ class Scores:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """The routing policy of one input topic."""
+    """The routing policy of one input topic.
+
+    Trusted as given: its values were checked where they entered, the config or the command
+    line, by the rules in ``worker.core.rules``.
+    """
 
     temperature: float
     min_margin: float
     min_top1: float | None = None
     labels: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        check_temperature(self.temperature)
-        for name in ("min_margin", "min_top1"):
-            value = getattr(self, name)
-            if value is not None and not (0.0 <= value <= 1.0):
-                raise ScoringError("bad_threshold", f"{name} must lie in [0, 1], got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +66,6 @@ class Routing:
     reason: EscalationReason | None
     label: str
     scores: Scores
-
-
-def check_temperature(temperature: float) -> None:
-    if not (math.isfinite(temperature) and temperature > 0.0):
-        raise ScoringError(
-            "bad_temperature", f"temperature must be finite and > 0, got {temperature!r}"
-        )
 
 
 def check_logits(logits: Sequence[float]) -> float:
@@ -101,7 +91,8 @@ def softmax(logits: Sequence[float], temperature: float = 1.0) -> list[float]:
 
 
 def score(logits: Sequence[float], temperature: float = 1.0) -> Scores:
-    check_temperature(temperature)
+    """The logits are an event's and checked here; the temperature is a policy's, checked at
+    the edge (``worker.core.rules``) and trusted."""
     top = check_logits(logits)
     # z_i = (x_i - max) / T <= 0; a masked class (or a gap past the float range) gives -inf.
     z = [(x - top) / temperature for x in logits]

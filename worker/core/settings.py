@@ -8,7 +8,6 @@ defaults. Settings are built once in the CLI and passed down; nothing here is gl
 from __future__ import annotations
 
 import hashlib
-import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,11 +21,16 @@ from pydantic import (
     Field,
     FilePath,
     SecretStr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     ValidationError,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from worker.core import rules
+from worker.core.environment import EnvironmentSource
 from worker.core.errors import ConfigError
 from worker.core.routing import Policy
 
@@ -35,14 +39,15 @@ __all__ = ["ConfigError", "Settings", "load_settings"]
 ENV_PREFIX = "LOGIT_ROUTER_"
 
 
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError("must be finite")
-    return value
+# Numbers and switches are strict (StrictInt, StrictFloat, StrictBool): in the file, a bool or a
+# string does not stand for a number (``temperature = true`` is refused, not read as 1.0), though
+# an int does for a float. The environment has only strings: worker.core.environment reads each
+# as its field's type before the model sees it.
 
-
-Temperature = Annotated[float, Field(gt=0.0), AfterValidator(_finite)]
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+# The policy types: the rules in ``rules``, which the command line's converters call too.
+Temperature = Annotated[StrictFloat, AfterValidator(rules.temperature)]
+Probability = Annotated[StrictFloat, AfterValidator(rules.probability)]
+Labels = Annotated[tuple[str, ...], AfterValidator(rules.labels)]
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -66,28 +71,28 @@ class KafkaSettings(BaseModel):
     ssl_key_password: SecretStr | None = None
     ssl_key_password_file: Path | None = None
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    session_timeout_ms: int = Field(45_000, ge=1_000)
-    heartbeat_interval_ms: int = Field(3_000, ge=100)
-    max_poll_interval_ms: int = Field(300_000, ge=1_000)
-    request_timeout_ms: int = Field(40_000, ge=1_000)
+    session_timeout_ms: StrictInt = Field(45_000, ge=1_000)
+    heartbeat_interval_ms: StrictInt = Field(3_000, ge=100)
+    max_poll_interval_ms: StrictInt = Field(300_000, ge=1_000)
+    request_timeout_ms: StrictInt = Field(40_000, ge=1_000)
     # How long the worker may go without reaching the brokers before it gives up, exit 1.
-    connect_timeout_s: float = Field(30.0, gt=0.0)
+    connect_timeout_s: StrictFloat = Field(30.0, gt=0.0)
     # A fetch is answered once 192 KiB are there or after 10 ms, not for each first record:
     # fewer, larger batches. At 20,000 events/s, in three paired benchmark runs against 64 KiB
     # or 5 ms, it took a sixth off the worker's CPU and up to a third off the broker's, and the
     # p99 went from 33-42 to 30-34 ms, for 3 to 6 ms more on the median (docs/performance.md).
     # At low rates it adds at most 10 ms. An idle worker asks every 10 ms: raise
     # fetch_max_wait_ms where that matters more.
-    fetch_min_bytes: int = Field(196_608, ge=1)
-    fetch_max_wait_ms: int = Field(10, ge=0)
-    max_partition_fetch_bytes: int = Field(1_048_576, ge=1024)
+    fetch_min_bytes: StrictInt = Field(196_608, ge=1)
+    fetch_max_wait_ms: StrictInt = Field(10, ge=0)
+    max_partition_fetch_bytes: StrictInt = Field(1_048_576, ge=1024)
     # 0: send as soon as a batch is handed over; our batches are already large, and lingering
     # only added latency (p99 35 -> 21 ms at 1,000 events/s, same throughput: docs/performance.md).
-    linger_ms: int = Field(0, ge=0)
-    max_batch_size: int = Field(262_144, ge=1024)
+    linger_ms: StrictInt = Field(0, ge=0)
+    max_batch_size: StrictInt = Field(262_144, ge=1024)
     # Large enough that the topic's own max.message.bytes, not the client, bounds a record:
     # a dead-letter record must carry its input byte for byte, however big it was.
-    max_request_size: int = Field(8_388_608, ge=1024)
+    max_request_size: StrictInt = Field(8_388_608, ge=1024)
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
 
     @model_validator(mode="before")
@@ -165,7 +170,7 @@ class TopicPolicy(BaseModel):
     temperature: Temperature = 1.0
     min_margin: Probability = 0.1
     min_top1: Probability | None = None
-    labels: tuple[str, ...] | None = Field(None, min_length=2)
+    labels: Labels | None = None
 
     def policy(self) -> Policy:
         return Policy(self.temperature, self.min_margin, self.min_top1, self.labels)
@@ -174,8 +179,8 @@ class TopicPolicy(BaseModel):
 class Limits(BaseModel):
     model_config = _FROZEN
 
-    max_classes: int = Field(10_000, ge=2)
-    max_event_bytes: int = Field(1_048_576, ge=64)
+    max_classes: StrictInt = Field(10_000, ge=2)
+    max_event_bytes: StrictInt = Field(1_048_576, ge=64)
 
 
 BATCH_RECORDS = 2_000
@@ -188,13 +193,13 @@ class Processing(BaseModel):
     guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     # Records per batch (one fetch). Unset: BATCH_RECORDS, or under exactly-once
     # EXACTLY_ONCE_BATCH_RECORDS (see ``batch_records``).
-    max_batch_records: int | None = Field(None, ge=1, le=100_000)
+    max_batch_records: StrictInt | None = Field(None, ge=1, le=100_000)
     # Bound on a graceful stop: finish the batch in hand, flush, commit; past it, give up.
-    drain_timeout_s: float = Field(10.0, gt=0.0)
-    transaction_timeout_ms: int = Field(60_000, ge=1_000)
+    drain_timeout_s: StrictFloat = Field(10.0, gt=0.0)
+    transaction_timeout_ms: StrictInt = Field(60_000, ge=1_000)
     # Route with the compiled hot path (worker.core.native) when it is installed; the Python path
     # writes the same bytes, so this only trades speed (off: to rule the extension out).
-    native: bool = True
+    native: StrictBool = True
 
     @property
     def batch_records(self) -> int:
@@ -214,9 +219,9 @@ class Processing(BaseModel):
 class HttpSettings(BaseModel):
     model_config = _FROZEN
 
-    enabled: bool = True
+    enabled: StrictBool = True
     host: str = "127.0.0.1"  # loopback unless the operator opens it up on purpose
-    port: int = Field(9464, ge=0, le=65_535)
+    port: StrictInt = Field(9464, ge=0, le=65_535)
 
 
 class LogSettings(BaseModel):
@@ -227,12 +232,8 @@ class LogSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
-        frozen=True,
-        extra="forbid",
-    )
+    # The environment is read by EnvironmentSource, with ENV_PREFIX (see the sources below).
+    model_config = SettingsConfigDict(frozen=True, extra="forbid")
 
     kafka: KafkaSettings = KafkaSettings()
     outputs: OutputTopics = OutputTopics()
@@ -272,7 +273,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment beats the file (given as init kwargs), as twelve-factor apps expect.
-        return env_settings, file_secret_settings, init_settings
+        # Our own reader of it, not pydantic-settings': that one lower-cases a topic's name.
+        return EnvironmentSource(settings_cls, ENV_PREFIX), file_secret_settings, init_settings
 
     def policies(self) -> dict[str, Policy]:
         return {topic: tp.policy() for topic, tp in self.topics.items()}
@@ -322,7 +324,9 @@ def describe_validation_error(exc: ValidationError) -> str:
         unknown = err["type"] == "extra_forbidden"
         masked = _looks_secret(where) or (unknown and _may_be_secret(where))
         shown = "'**********'" if masked else _short(value)
-        lines.append(f"{where} = {shown}: {err['msg']}")
+        # A rule's own ValueError text, without pydantic's "Value error, " in front of it.
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{where} = {shown}: {message}")
     return "invalid config: " + "; ".join(lines)
 
 

@@ -1,0 +1,43 @@
+"""The rules a policy value must meet, each written once.
+
+A temperature, a threshold or a topic's label list is checked where it enters: the config
+(``settings``, through pydantic) or the command line (``cli.common``); both call these
+functions, so a refusal reads the same wherever the value came from. Past the edge a ``Policy``
+is trusted, and nothing on the per-event path checks it again.
+
+Plain functions with no imports beyond the standard library: ``logit-router score`` checks its
+arguments without loading pydantic. Each returns its value or raises ``ValueError`` whose text
+says what is wrong; the caller names the field and the value given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+MIN_LABELS = 2
+
+
+def temperature(value: float) -> float:
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError("must be finite and > 0")
+    return value
+
+
+def probability(value: float) -> float:
+    if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+        raise ValueError("must lie in [0, 1]")
+    return value
+
+
+def labels(values: Sequence[str]) -> tuple[str, ...]:
+    """At least two class names, none empty, no two alike (a repeated name hides a class)."""
+    if len(values) < MIN_LABELS:
+        raise ValueError(f"at least {MIN_LABELS} labels are needed")
+    if any(not value for value in values):
+        raise ValueError("a label must not be empty")
+    repeated = sorted(value for value, count in Counter(values).items() if count > 1)
+    if repeated:
+        raise ValueError(f"labels must be unique, repeated: {', '.join(map(repr, repeated))}")
+    return tuple(values)
