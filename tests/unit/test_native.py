@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from tests.consumed import Consumed
 from tests.integration.hostile_corpus import EDGES, HOSTILE
 from worker.core import native
-from worker.core.records import Router
-from worker.core.routing import score
+from worker.core.records import Router, output_template
+from worker.core.routing import Policy, score
 from worker.core.settings import Settings
 from worker.devkit import traffic
 
@@ -236,12 +236,9 @@ def test_the_sum_is_math_fsum_bit_for_bit(values: list[float]) -> None:
 @settings(max_examples=1000, deadline=None)
 @given(st.lists(st.floats(-700, 700), min_size=2, max_size=120), st.floats(1e-3, 1e3))
 def test_scores_are_the_reference_bit_for_bit(logits: list[float], temperature: float) -> None:
+    policy = Policy(temperature, 0.1)
     topic = native.topics(
-        {"t": FAST.policies["plain"].__class__(temperature, 0.1)},
-        {"t": {"min_margin": 0.1, "min_top1": None}},
-        max_bytes=1 << 20,
-        max_classes=200,
-        config_version="v",
+        {"t": policy}, {"t": output_template("t", policy, "v")}, max_bytes=1 << 20, max_classes=200
     )["t"]
     done = route(topic, orjson.dumps({"id": "s", "logits": logits}))
     assert done is not None
