@@ -28,6 +28,7 @@ from tests.integration.hostile_corpus import EDGES, HOSTILE
 from worker.core import native
 from worker.core.records import Router, output_template
 from worker.core.routing import Policy, score
+from worker.core.schema import OUTPUT_KEYS, Slot
 from worker.core.settings import Settings
 from worker.devkit import traffic
 
@@ -207,6 +208,39 @@ def test_it_declines_what_the_python_path_must_judge() -> None:
         b'{"id": "e", "logits": [1.0, 2.0], "decision": "mine"}',  # keeps its place
     ):
         assert route(topic, raw) is None, raw
+
+
+@pytest.mark.parametrize("key", OUTPUT_KEYS)
+def test_an_input_with_an_output_key_is_left_to_python_and_keeps_its_place(key: str) -> None:
+    """The keys to decline come from the model through Python: none is listed in Rust."""
+    raw = orjson.dumps({"id": "e", key: "mine", "logits": [2.0, 0.5]})
+    assert route(FAST.native_topics["plain"], raw) is None  # type: ignore[index]
+    [out] = both([raw])
+    doc = orjson.loads(out.value)
+    assert list(doc) == ["id", key, "logits", *(k for k in OUTPUT_KEYS if k != key)]
+    assert doc[key] != "mine"
+
+
+def _with_field(name: str, value: object) -> Any:
+    """The "plain" topic compiled from its template with one more field at the end."""
+    policy = FAST.policies["plain"]
+    fields = {**output_template("plain", policy, "v"), name: value}
+    return native.topics({"t": policy}, {"t": fields}, max_bytes=4096, max_classes=10)["t"]
+
+
+def test_a_field_added_to_the_template_reaches_the_compiled_path_unchanged() -> None:
+    topic = _with_field("schema_version", [2, "b"])
+    done = route(topic, b'{"id": "e", "logits": [2.0, 0.5]}')
+    assert done is not None
+    doc = orjson.loads(done[0])
+    assert list(doc)[-2:] == ["worker_version", "schema_version"]
+    assert doc["schema_version"] == [2, "b"]
+    assert route(topic, b'{"id": "e", "logits": [2.0, 0.5], "schema_version": 1}') is None
+
+
+def test_a_per_record_value_it_cannot_compute_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match='no per-record value named "colour"'):
+        _with_field("colour", Slot("colour"))
 
 
 @settings(max_examples=3000, deadline=None)
