@@ -210,7 +210,8 @@ def _json_type(doc: object) -> str:
 
 
 # A document with at most this many brackets cannot nest deeper than this many levels, so no
-# depth limit of at least this much could refuse it: such documents may take the fast path.
+# depth limit of at least this much could refuse it: such documents may take the fast paths
+# (the check below, and the compiled one, which ``native`` hands this value).
 FAST_MAX_BRACKETS = 64
 
 Routable = tuple[dict[str, Any], list[float], tuple[str, ...] | None]

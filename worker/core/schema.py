@@ -96,9 +96,6 @@ class Slot:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def __repr__(self) -> str:
-        return f"Slot({self.name!r})"
-
 
 PER_RECORD: Any = object()  # given to ``template`` for a field each record sets
 
