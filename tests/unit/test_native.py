@@ -241,6 +241,11 @@ def test_a_field_added_to_the_template_reaches_the_compiled_path_unchanged() -> 
 def test_a_per_record_value_it_cannot_compute_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match='no per-record value named "colour"'):
         _with_field("colour", Slot("colour"))
+    limits = {"max_bytes": 1, "max_classes": 2, "min_classes": 2, "max_id_chars": 1}
+    with pytest.raises(ValueError, match="one piece more than slots"):
+        ext.Topic(
+            1.0, 0.1, None, None, **limits, max_brackets=1, output_keys=[], pieces=[], slots=[]
+        )
 
 
 @settings(max_examples=3000, deadline=None)
