@@ -9,11 +9,15 @@ class Topic:
         min_margin: float,
         min_top1: float | None,
         labels: list[bytes] | None,
+        *,
         max_bytes: int,
         max_classes: int,
-        after_scores: bytes,
-        source_head: bytes,
-        tail: bytes,
+        min_classes: int,
+        max_id_chars: int,
+        max_brackets: int,
+        output_keys: list[bytes],
+        pieces: list[bytes],
+        slots: list[str],
     ) -> None: ...
 
 def route_many(

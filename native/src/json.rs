@@ -15,28 +15,22 @@ pub struct Event<'a> {
     pub labels: Option<Vec<&'a [u8]>>,
 }
 
-/// Top-level keys the output sets; an input carrying one is left to the Python path, which
-/// keeps its place in the object.
-const OUTPUT_KEYS: [&[u8]; 14] = [
-    b"decision",
-    b"label",
-    b"class_index",
-    b"probabilities",
-    b"top1",
-    b"top2",
-    b"margin",
-    b"entropy",
-    b"temperature",
-    b"policy",
-    b"reason",
-    b"source",
-    b"config_version",
-    b"worker_version",
-];
-
-/// At most this many brackets: the same bound as `events.FAST_MAX_BRACKETS`, so that nesting
-/// stays far inside `events.MAX_DEPTH` and the recursion here is shallow.
-pub const MAX_BRACKETS: usize = 64;
+/// What an event must be for this reader to take it. Every value is Python's, handed over by
+/// `worker/core/native.py` (`events.InputEvent`, `events.FAST_MAX_BRACKETS`, the output
+/// schema's keys): none is written here.
+pub struct Rules {
+    pub max_bytes: usize,
+    pub max_classes: usize,
+    pub min_classes: usize,
+    /// `InputEvent.id`'s length in characters (code points, not bytes).
+    pub max_id_chars: usize,
+    /// At most this many brackets: nesting then stays far inside `events.MAX_DEPTH`, and the
+    /// recursion here shallow.
+    pub max_brackets: usize,
+    /// Top-level keys the output sets; an input carrying one is left to the Python path, which
+    /// keeps its place in the object.
+    pub output_keys: Vec<Vec<u8>>,
+}
 
 /// A token the number grammar above has checked: ASCII digits, signs, `.`, `e` and `E` only.
 fn ascii(token: &[u8]) -> &str {
@@ -251,11 +245,11 @@ impl<'a> Reader<'a> {
 
 /// Reads `raw` as one event, writing the document without its closing brace into `out`.
 /// `None`: not read here (the Python path decides, and names any refusal).
-pub fn read_event<'a>(raw: &'a [u8], max_classes: usize, out: &mut Vec<u8>) -> Option<Event<'a>> {
-    if std::str::from_utf8(raw).is_err() {
+pub fn read_event<'a>(raw: &'a [u8], rules: &Rules, out: &mut Vec<u8>) -> Option<Event<'a>> {
+    if raw.len() > rules.max_bytes || std::str::from_utf8(raw).is_err() {
         return None;
     }
-    if raw.iter().filter(|&&c| c == b'[' || c == b'{').count() > MAX_BRACKETS {
+    if raw.iter().filter(|&&c| c == b'[' || c == b'{').count() > rules.max_brackets {
         return None;
     }
     let mut r = Reader { b: raw, i: 0 };
@@ -271,7 +265,7 @@ pub fn read_event<'a>(raw: &'a [u8], max_classes: usize, out: &mut Vec<u8>) -> O
         }
         let quoted = r.string(out)?;
         let key = &quoted[1..quoted.len() - 1];
-        if keys.contains(&key) || OUTPUT_KEYS.contains(&key) {
+        if keys.contains(&key) || rules.output_keys.iter().any(|k| k == key) {
             return None;
         }
         keys.push(key);
@@ -281,12 +275,11 @@ pub fn read_event<'a>(raw: &'a [u8], max_classes: usize, out: &mut Vec<u8>) -> O
         match key {
             b"id" => {
                 let s = r.string(out)?;
-                // `InputEvent.id`: 1 to 1024 characters (code points, not bytes).
                 let chars = s[1..s.len() - 1]
                     .iter()
                     .filter(|&&c| (c & 0xC0) != 0x80)
                     .count();
-                if !(1..=1024).contains(&chars) {
+                if !(1..=rules.max_id_chars).contains(&chars) {
                     return None;
                 }
                 has_id = true;
@@ -302,7 +295,7 @@ pub fn read_event<'a>(raw: &'a [u8], max_classes: usize, out: &mut Vec<u8>) -> O
                         // Floats only: an integer logit goes through the model's check.
                         v.push(r.number(out)??);
                     }
-                    (v.len() <= max_classes).then_some(())
+                    (v.len() <= rules.max_classes).then_some(())
                 })?;
                 logits = Some(v);
             }
@@ -342,7 +335,7 @@ pub fn read_event<'a>(raw: &'a [u8], max_classes: usize, out: &mut Vec<u8>) -> O
         return None;
     }
     let logits = logits?;
-    if logits.len() < 2 {
+    if logits.len() < rules.min_classes {
         return None;
     }
     if let Some(l) = &labels {
@@ -405,6 +398,18 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    /// Limits for these tests alone; the worker's come from Python.
+    fn rules() -> Rules {
+        Rules {
+            max_bytes: 1 << 20,
+            max_classes: 100,
+            min_classes: 2,
+            max_id_chars: 8,
+            max_brackets: 64,
+            output_keys: vec![b"margin".to_vec()],
+        }
+    }
+
     #[test]
     fn floats_as_orjson_writes_them() {
         // Each pair printed by orjson 3.13 (`orjson.dumps(v)`).
@@ -432,7 +437,7 @@ mod tests {
     fn an_event_is_written_back_without_whitespace() {
         let raw = br#" { "id" : "a", "logits" : [ 1.5 , null , 2e0 ], "n": [1, {"x": true}] } "#;
         let mut out = Vec::new();
-        let ev = read_event(raw, 100, &mut out).unwrap();
+        let ev = read_event(raw, &rules(), &mut out).unwrap();
         assert_eq!(ev.logits[2], 2.0);
         assert_eq!(
             out,
@@ -452,12 +457,13 @@ mod tests {
             br#"{"id": "a", "logits": [1.0, 2.0], "x": 18446744073709551616}"#,
             br#"{"id": "a", "logits": [1.0, 2.0], "x": -9223372036854775809}"#,
             br#"{"id": "", "logits": [1.0, 2.0]}"#,
+            br#"{"id": "123456789", "logits": [1.0, 2.0]}"#,
             br#"{"id": "a", "logits": [1.0]}"#,
             br#"{"id": "a", "logits": [1.0, 2.0]} x"#,
             br#"{"id": "a", "logits": [1.0, 2.0], "labels": ["x"]}"#,
         ] {
             assert!(
-                read_event(raw, 100, &mut Vec::new()).is_none(),
+                read_event(raw, &rules(), &mut Vec::new()).is_none(),
                 "{}",
                 String::from_utf8_lossy(raw)
             );

@@ -5,10 +5,53 @@
 mod json;
 mod score;
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-/// One input topic's policy and the constant parts of its outputs, encoded once by Python.
+/// A value each record gives its output, named as the output schema's field it fills.
+#[derive(Clone, Copy)]
+enum Slot {
+    Decision,
+    Label,
+    ClassIndex,
+    Probabilities,
+    Top1,
+    Top2,
+    Margin,
+    Entropy,
+    Reason,
+    Partition,
+    Offset,
+    Timestamp,
+}
+
+impl Slot {
+    fn named(name: &str) -> PyResult<Self> {
+        Ok(match name {
+            "decision" => Slot::Decision,
+            "label" => Slot::Label,
+            "class_index" => Slot::ClassIndex,
+            "probabilities" => Slot::Probabilities,
+            "top1" => Slot::Top1,
+            "top2" => Slot::Top2,
+            "margin" => Slot::Margin,
+            "entropy" => Slot::Entropy,
+            "reason" => Slot::Reason,
+            "partition" => Slot::Partition,
+            "offset" => Slot::Offset,
+            "timestamp" => Slot::Timestamp,
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "Topic: no per-record value named {name:?}"
+                )))
+            }
+        })
+    }
+}
+
+/// One input topic's policy, what an event must be to be read here, and its outputs' layout:
+/// all given by Python, the output encoded once by orjson.
 #[pyclass(frozen)]
 struct Topic {
     temperature: f64,
@@ -16,19 +59,20 @@ struct Topic {
     min_top1: Option<f64>,
     /// The topic's labels, each as its JSON string.
     labels: Option<Vec<Vec<u8>>>,
-    max_bytes: usize,
-    max_classes: usize,
-    /// `,"temperature":…,"policy":{…}`
-    after_scores: Vec<u8>,
-    /// `,"source":{"topic":…,"partition":`
-    source_head: Vec<u8>,
-    /// `},"config_version":…,"worker_version":…}`
-    tail: Vec<u8>,
+    rules: json::Rules,
+    /// The output's constant bytes: `pieces[i]` goes before the value of `slots[i]`, and the
+    /// last piece, after the last value, closes the document.
+    pieces: Vec<Vec<u8>>,
+    slots: Vec<Slot>,
 }
 
 #[pymethods]
 impl Topic {
     #[new]
+    #[pyo3(signature = (
+        temperature, min_margin, min_top1, labels, *, max_bytes, max_classes, min_classes,
+        max_id_chars, max_brackets, output_keys, pieces, slots
+    ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         temperature: f64,
@@ -37,21 +81,37 @@ impl Topic {
         labels: Option<Vec<Vec<u8>>>,
         max_bytes: usize,
         max_classes: usize,
-        after_scores: Vec<u8>,
-        source_head: Vec<u8>,
-        tail: Vec<u8>,
-    ) -> Self {
-        Topic {
+        min_classes: usize,
+        max_id_chars: usize,
+        max_brackets: usize,
+        output_keys: Vec<Vec<u8>>,
+        pieces: Vec<Vec<u8>>,
+        slots: Vec<String>,
+    ) -> PyResult<Self> {
+        if pieces.len() != slots.len() + 1 {
+            return Err(PyValueError::new_err(
+                "Topic: one piece more than slots expected",
+            ));
+        }
+        Ok(Topic {
             temperature,
             min_margin,
             min_top1,
             labels,
-            max_bytes,
-            max_classes,
-            after_scores,
-            source_head,
-            tail,
-        }
+            rules: json::Rules {
+                max_bytes,
+                max_classes,
+                min_classes,
+                max_id_chars,
+                max_brackets,
+                output_keys,
+            },
+            pieces,
+            slots: slots
+                .iter()
+                .map(|s| Slot::named(s))
+                .collect::<PyResult<_>>()?,
+        })
     }
 }
 
@@ -102,9 +162,7 @@ fn route_many<'py>(
 ) -> PyResult<Vec<Option<RoutedTuple<'py>>>> {
     let n = topics.len();
     if raws.len() != n || partitions.len() != n || offsets.len() != n || timestamps.len() != n {
-        return Err(pyo3::exceptions::PyValueError::new_err(
-            "route_many: lists of unequal length",
-        ));
+        return Err(PyValueError::new_err("route_many: lists of unequal length"));
     }
     let topic_refs: Vec<&Topic> = topics.iter().map(|t| t.get()).collect();
     let slices: Vec<Option<&[u8]>> = raws
@@ -138,11 +196,8 @@ fn route_one(
     offset: i64,
     timestamp: Option<i64>,
 ) -> Option<Routed> {
-    if raw.len() > topic.max_bytes {
-        return None;
-    }
     let mut out = Vec::with_capacity(raw.len() * 2 + 512);
-    let event = json::read_event(raw, topic.max_classes, &mut out)?;
+    let event = json::read_event(raw, &topic.rules, &mut out)?;
     let width = event.logits.len();
     if event.labels.is_none() {
         if let Some(l) = &topic.labels {
@@ -159,53 +214,54 @@ fn route_one(
     } else {
         None
     };
-    out.extend_from_slice(if reason.is_none() {
-        br#","decision":"routed","label":"#
-    } else {
-        br#","decision":"escalated","label":"#
-    });
-    match (&event.labels, &topic.labels) {
-        (Some(l), _) => out.extend_from_slice(l[s.class_index]),
-        (None, Some(l)) => out.extend_from_slice(&l[s.class_index]),
-        (None, None) => {
-            out.push(b'"');
-            json::write_int(&mut out, s.class_index as i64);
-            out.push(b'"');
+    for (piece, slot) in topic.pieces.iter().zip(&topic.slots) {
+        out.extend_from_slice(piece);
+        match slot {
+            Slot::Decision => out.extend_from_slice(match reason {
+                None => br#""routed""#.as_slice(),
+                Some(_) => br#""escalated""#.as_slice(),
+            }),
+            Slot::Label => match (&event.labels, &topic.labels) {
+                (Some(l), _) => out.extend_from_slice(l[s.class_index]),
+                (None, Some(l)) => out.extend_from_slice(&l[s.class_index]),
+                (None, None) => {
+                    out.push(b'"');
+                    json::write_int(&mut out, s.class_index as i64);
+                    out.push(b'"');
+                }
+            },
+            Slot::ClassIndex => json::write_int(&mut out, s.class_index as i64),
+            Slot::Probabilities => {
+                out.push(b'[');
+                for (k, &p) in s.probabilities.iter().enumerate() {
+                    if k > 0 {
+                        out.push(b',');
+                    }
+                    json::write_f64(&mut out, p);
+                }
+                out.push(b']');
+            }
+            Slot::Top1 => json::write_f64(&mut out, s.top1),
+            Slot::Top2 => json::write_f64(&mut out, s.top2),
+            Slot::Margin => json::write_f64(&mut out, s.margin),
+            Slot::Entropy => json::write_f64(&mut out, s.entropy),
+            Slot::Reason => match reason {
+                None => out.extend_from_slice(b"null"),
+                Some(r) => {
+                    out.push(b'"');
+                    out.extend_from_slice(r.as_bytes());
+                    out.push(b'"');
+                }
+            },
+            Slot::Partition => json::write_int(&mut out, partition),
+            Slot::Offset => json::write_int(&mut out, offset),
+            Slot::Timestamp => match timestamp {
+                Some(t) => json::write_int(&mut out, t),
+                None => out.extend_from_slice(b"null"),
+            },
         }
     }
-    out.extend_from_slice(br#","class_index":"#);
-    json::write_int(&mut out, s.class_index as i64);
-    out.extend_from_slice(br#","probabilities":["#);
-    for (k, &p) in s.probabilities.iter().enumerate() {
-        if k > 0 {
-            out.push(b',');
-        }
-        json::write_f64(&mut out, p);
-    }
-    out.extend_from_slice(br#"],"top1":"#);
-    json::write_f64(&mut out, s.top1);
-    out.extend_from_slice(br#","top2":"#);
-    json::write_f64(&mut out, s.top2);
-    out.extend_from_slice(br#","margin":"#);
-    json::write_f64(&mut out, s.margin);
-    out.extend_from_slice(br#","entropy":"#);
-    json::write_f64(&mut out, s.entropy);
-    out.extend_from_slice(&topic.after_scores);
-    out.extend_from_slice(match reason {
-        None => br#","reason":null"#.as_slice(),
-        Some("low_margin") => br#","reason":"low_margin""#.as_slice(),
-        Some(_) => br#","reason":"low_top1""#.as_slice(),
-    });
-    out.extend_from_slice(&topic.source_head);
-    json::write_int(&mut out, partition);
-    out.extend_from_slice(br#","offset":"#);
-    json::write_int(&mut out, offset);
-    out.extend_from_slice(br#","timestamp":"#);
-    match timestamp {
-        Some(t) => json::write_int(&mut out, t),
-        None => out.extend_from_slice(b"null"),
-    }
-    out.extend_from_slice(&topic.tail);
+    out.extend_from_slice(topic.pieces.last()?);
     Some(Routed {
         value: out,
         reason,

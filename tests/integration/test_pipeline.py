@@ -32,6 +32,7 @@ from tests.integration.helpers import (
     worker_log,
     write_config,
 )
+from tests.schemas import check_output
 from worker import __version__
 from worker.core.events import EventError, decode_event
 from worker.core.records import DLQ_PREFIX
@@ -108,6 +109,7 @@ def check_outputs(
             assert len(headers[DLQ_PREFIX + "message"]) <= 1024
         else:
             doc = orjson.loads(out.value)
+            check_output(doc)
             assert (doc["decision"], doc["reason"], doc["label"]) == (decision, reason, label)
             sent = orjson.loads(rec.value)
             assert {k: doc[k] for k in sent} == sent  # the input fields, carried unchanged

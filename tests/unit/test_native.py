@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 from tests.consumed import Consumed
 from tests.integration.hostile_corpus import EDGES, HOSTILE
 from worker.core import native
-from worker.core.records import Router
-from worker.core.routing import score
+from worker.core.records import Router, output_template
+from worker.core.routing import Policy, score
+from worker.core.schema import OUTPUT_KEYS, Slot
 from worker.core.settings import Settings
 from worker.devkit import traffic
 
@@ -209,6 +210,44 @@ def test_it_declines_what_the_python_path_must_judge() -> None:
         assert route(topic, raw) is None, raw
 
 
+@pytest.mark.parametrize("key", OUTPUT_KEYS)
+def test_an_input_with_an_output_key_is_left_to_python_and_keeps_its_place(key: str) -> None:
+    """The keys to decline come from the model through Python: none is listed in Rust."""
+    raw = orjson.dumps({"id": "e", key: "mine", "logits": [2.0, 0.5]})
+    assert route(FAST.native_topics["plain"], raw) is None  # type: ignore[index]
+    [out] = both([raw])
+    doc = orjson.loads(out.value)
+    assert list(doc) == ["id", key, "logits", *(k for k in OUTPUT_KEYS if k != key)]
+    assert doc[key] != "mine"
+
+
+def _with_field(name: str, value: object) -> Any:
+    """The "plain" topic compiled from its template with one more field at the end."""
+    policy = FAST.policies["plain"]
+    fields = {**output_template("plain", policy, "v"), name: value}
+    return native.topics({"t": policy}, {"t": fields}, max_bytes=4096, max_classes=10)["t"]
+
+
+def test_a_field_added_to_the_template_reaches_the_compiled_path_unchanged() -> None:
+    topic = _with_field("schema_version", [2, "b"])
+    done = route(topic, b'{"id": "e", "logits": [2.0, 0.5]}')
+    assert done is not None
+    doc = orjson.loads(done[0])
+    assert list(doc)[-2:] == ["worker_version", "schema_version"]
+    assert doc["schema_version"] == [2, "b"]
+    assert route(topic, b'{"id": "e", "logits": [2.0, 0.5], "schema_version": 1}') is None
+
+
+def test_a_per_record_value_it_cannot_compute_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match='no per-record value named "colour"'):
+        _with_field("colour", Slot("colour"))
+    limits = {"max_bytes": 1, "max_classes": 2, "min_classes": 2, "max_id_chars": 1}
+    with pytest.raises(ValueError, match="one piece more than slots"):
+        ext.Topic(
+            1.0, 0.1, None, None, **limits, max_brackets=1, output_keys=[], pieces=[], slots=[]
+        )
+
+
 @settings(max_examples=3000, deadline=None)
 @given(st.floats(allow_nan=False, allow_infinity=False))
 @example(1e-5)
@@ -236,12 +275,9 @@ def test_the_sum_is_math_fsum_bit_for_bit(values: list[float]) -> None:
 @settings(max_examples=1000, deadline=None)
 @given(st.lists(st.floats(-700, 700), min_size=2, max_size=120), st.floats(1e-3, 1e3))
 def test_scores_are_the_reference_bit_for_bit(logits: list[float], temperature: float) -> None:
+    policy = Policy(temperature, 0.1)
     topic = native.topics(
-        {"t": FAST.policies["plain"].__class__(temperature, 0.1)},
-        {"t": {"min_margin": 0.1, "min_top1": None}},
-        max_bytes=1 << 20,
-        max_classes=200,
-        config_version="v",
+        {"t": policy}, {"t": output_template("t", policy, "v")}, max_bytes=1 << 20, max_classes=200
     )["t"]
     done = route(topic, orjson.dumps({"id": "s", "logits": logits}))
     assert done is not None

@@ -122,12 +122,29 @@ def _demo(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
+# --- schema ------------------------------------------------------------------------------
+
+
+def _add_schema(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser("schema", help="the JSON Schema of the input or output event, to stdout")
+    p.add_argument("event", choices=["input", "output"])
+    p.set_defaults(handler=_schema)
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from worker.core.schema import json_schema
+
+    sys.stdout.write(orjson.dumps(json_schema(args.event), option=orjson.OPT_INDENT_2).decode())
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
 # --- main --------------------------------------------------------------------------------
 
 Registrar = Callable[["argparse._SubParsersAction[Parser]"], None]
 
 
-REGISTRARS: list[Registrar] = [_add_score, _add_run, _add_demo]
+REGISTRARS: list[Registrar] = [_add_score, _add_run, _add_demo, _add_schema]
 REGISTRARS += audit.REGISTRARS
 
 

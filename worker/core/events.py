@@ -1,4 +1,4 @@
-"""Input and output events: strict decoding from raw bytes, and the output record's shape.
+"""The input event: strict decoding from raw bytes (the output event is in ``schema``).
 
 The consumer hands us raw bytes (no ``value_deserializer``), so a record that cannot be read
 is refused here with a reason code and goes to the dead-letter topic instead of blocking its
@@ -58,6 +58,9 @@ Reason = Literal[
 # beyond any real event, and well inside what the output encoder can write back: orjson's
 # ``dumps`` refuses documents nested 255 levels deep, and ``loads`` stops at 1024.
 MAX_DEPTH = 128
+# Bounds of ``InputEvent`` that the fast checks here and the compiled path apply as well.
+MIN_CLASSES = 2
+MAX_ID_CHARS = 1024
 
 
 # orjson reads an integer outside the 64-bit range as a double, rounding it. Such an integer
@@ -109,9 +112,13 @@ class InputEvent(BaseModel):
     # Strict scalar types: a number given as a string, or a boolean, is refused, not coerced.
     model_config = ConfigDict(frozen=True, extra="allow")
 
-    id: StrictStr = Field(min_length=1, max_length=1024)
-    logits: tuple[StrictFloat | None, ...]
-    labels: tuple[StrictStr, ...] | None = None
+    id: StrictStr = Field(min_length=1, max_length=MAX_ID_CHARS)
+    # The count is checked by the validator below, which names the refusal; the schema says it.
+    logits: tuple[StrictFloat | None, ...] = Field(
+        description="null is a masked class (a logit of -inf)",
+        json_schema_extra={"minItems": MIN_CLASSES},
+    )
+    labels: tuple[StrictStr, ...] | None = Field(None, description="one per logit, in order")
     model: StrictStr | None = None
     ts: StrictStr | None = None
     metadata: dict[StrictStr, Any] | None = None
@@ -119,48 +126,13 @@ class InputEvent(BaseModel):
     @field_validator("logits")
     @classmethod
     def _enough_classes(cls, v: tuple[float | None, ...]) -> tuple[float | None, ...]:
-        if len(v) < 2:
-            raise EventError("too_few_classes", f"need at least 2 logits, got {len(v)}")
+        if len(v) < MIN_CLASSES:
+            raise EventError("too_few_classes", f"need at least {MIN_CLASSES} logits, got {len(v)}")
         return v
 
     def logit_values(self) -> list[float]:
         """The logits as floats, ``null`` read as ``-inf`` (a masked class)."""
         return [-math.inf if x is None else x for x in self.logits]
-
-
-class Source(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int | None
-
-
-class PolicyOut(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    min_margin: float
-    min_top1: float | None
-
-
-class OutputEvent(InputEvent):
-    """What the routed and escalated topics carry: the input plus decision and provenance."""
-
-    decision: Literal["routed", "escalated"]
-    label: str
-    class_index: int
-    probabilities: tuple[float, ...]
-    top1: float
-    top2: float
-    margin: float
-    entropy: float
-    temperature: float
-    policy: PolicyOut
-    reason: Literal["low_margin", "low_top1"] | None
-    source: Source
-    config_version: str
-    worker_version: str
 
 
 def decode_event(raw: bytes | None, *, max_bytes: int, max_classes: int) -> InputEvent:
@@ -274,7 +246,8 @@ def _json_type(doc: object) -> str:
 
 
 # A document with at most this many brackets cannot nest deeper than this many levels, so no
-# depth limit of at least this much could refuse it: such documents may take the fast path.
+# depth limit of at least this much could refuse it: such documents may take the fast paths
+# (the check below, and the compiled one, which ``native`` hands this value).
 FAST_MAX_BRACKETS = 64
 
 Routable = tuple[dict[str, Any], list[float], tuple[str, ...] | None]
@@ -315,10 +288,10 @@ def _plainly_valid(raw: bytes | None, max_bytes: int, max_classes: int) -> Routa
     if type(doc) is not dict:
         return None
     ident = doc.get("id")
-    if type(ident) is not str or not 1 <= len(ident) <= 1024:
+    if type(ident) is not str or not 1 <= len(ident) <= MAX_ID_CHARS:
         return None
     logits = doc.get("logits")
-    if type(logits) is not list or not 2 <= len(logits) <= max_classes:
+    if type(logits) is not list or not MIN_CLASSES <= len(logits) <= max_classes:
         return None
     kinds = set(map(type, logits))  # one pass in C, where a Python loop costs ~50 ns a logit
     if kinds == _FLOAT:

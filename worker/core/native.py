@@ -12,14 +12,16 @@ runs the Python path alone: slower, same outputs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
 import orjson
 
-from worker import __version__
+from worker.core.events import FAST_MAX_BRACKETS, MAX_ID_CHARS, MIN_CLASSES
 from worker.core.routing import Policy
+from worker.core.schema import Slot
 from worker.core.settings import Settings
 
 _ext: ModuleType | None
@@ -55,37 +57,55 @@ def in_use(settings: Settings) -> bool:
 
 def topics(
     policies: Mapping[str, Policy],
-    policy_docs: Mapping[str, dict[str, Any]],
+    templates: Mapping[str, dict[str, Any]],
     *,
     max_bytes: int,
     max_classes: int,
-    config_version: str,
 ) -> dict[str, Any]:
-    """One compiled ``Topic`` per input topic, with the constant parts of its outputs encoded
-    here by orjson, so that they are byte for byte what the Python path writes."""
+    """One compiled ``Topic`` per input topic. Its output's constant parts are the topic's
+    template (``schema.template``) encoded here by orjson, so they are byte for byte what the
+    Python path writes; its limits and the keys it must not find in an input come from here."""
     if _ext is None:
         raise RuntimeError("logit_router_native is not installed")
-    tail = (
-        b'},"config_version":'
-        + orjson.dumps(config_version)
-        + b',"worker_version":'
-        + orjson.dumps(__version__)
-        + b"}"
-    )
-    return {
-        topic: _ext.Topic(
+    out = {}
+    for topic, p in policies.items():
+        pieces, slots = _pieces(templates[topic])
+        out[topic] = _ext.Topic(
             p.temperature,
             p.min_margin,
             p.min_top1,
             None if p.labels is None else [orjson.dumps(label) for label in p.labels],
-            max_bytes,
-            max_classes,
-            b',"temperature":'
-            + orjson.dumps(p.temperature)
-            + b',"policy":'
-            + orjson.dumps(policy_docs[topic]),
-            b',"source":{"topic":' + orjson.dumps(topic) + b',"partition":',
-            tail,
+            max_bytes=max_bytes,
+            max_classes=max_classes,
+            min_classes=MIN_CLASSES,
+            max_id_chars=MAX_ID_CHARS,
+            max_brackets=FAST_MAX_BRACKETS,
+            output_keys=[key.encode() for key in templates[topic]],
+            pieces=pieces,
+            slots=slots,
         )
-        for topic, p in policies.items()
-    }
+    return out
+
+
+# A slot's stand-in while a template is encoded: a string no constant of a template holds.
+_MARK = "\x00slot:"
+_MARKED = re.compile(re.escape(orjson.dumps(_MARK)[:-1]) + rb'([a-z0-9_]+)"')
+
+
+def _pieces(fields: dict[str, Any]) -> tuple[list[bytes], list[str]]:
+    """A template as the bytes around its slots, the first piece opening with the comma that
+    follows the input's last field and the last one closing the document; and the slots' names,
+    in the order the compiled path fills them."""
+    marked: list[str] = []
+
+    def mark(value: object) -> str:
+        if not isinstance(value, Slot):
+            raise TypeError(f"not in a template: {value!r}")
+        marked.append(value.name)
+        return _MARK + value.name
+
+    parts = _MARKED.split(orjson.dumps(fields, default=mark))
+    pieces, slots = parts[0::2], [name.decode() for name in parts[1::2]]
+    if slots != marked:
+        raise ValueError(f"template slots {marked} read back as {slots}")
+    return [b"," + pieces[0][1:], *pieces[1:]], slots

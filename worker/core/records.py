@@ -18,6 +18,7 @@ from worker.core import native
 from worker.core.events import EventError, decode_routable, dumps_document
 from worker.core.native import Compiled
 from worker.core.routing import Policy, Routing, ScoringError, route
+from worker.core.schema import PER_RECORD, template
 from worker.core.settings import Settings
 
 Kind = Literal["routed", "escalated", "dead_letter"]
@@ -82,19 +83,18 @@ class Router:
         self.max_bytes = settings.limits.max_event_bytes
         self.max_classes = settings.limits.max_classes
         self.config_version = settings.config_version
-        # The same for every output of a topic: built once, encoded with each output.
-        self._policy_docs = {
-            topic: {"min_margin": p.min_margin, "min_top1": p.min_top1}
+        # Built once per topic; both paths lay out their outputs from these.
+        self._templates = {
+            topic: output_template(topic, p, self.config_version)
             for topic, p in self.policies.items()
         }
         self.native_topics: dict[str, Any] | None = None
         if native.in_use(settings):
             self.native_topics = native.topics(
                 self.policies,
-                self._policy_docs,
+                self._templates,
                 max_bytes=self.max_bytes,
                 max_classes=self.max_classes,
-                config_version=self.config_version,
             )
 
     def process(self, records: Sequence[ConsumedRecord]) -> list[Outbound]:
@@ -162,30 +162,28 @@ class Router:
     def _decided(self, rec: ConsumedRecord, doc: dict[str, Any], routing: Routing) -> Outbound:
         """The input document (ours alone: decoded for this batch) plus decision and provenance.
 
-        Keys are set in a fixed order; a key the input already had keeps its place and takes
-        the new value, as ``dict.update`` would.
+        The keys come in the order of the topic's template; a key the input already had keeps
+        its place and takes the new value (``dict.update``).
         """
         topic = rec.topic
         s = routing.scores
-        doc["decision"] = routing.decision
-        doc["label"] = routing.label
-        doc["class_index"] = s.class_index
-        doc["probabilities"] = s.probabilities
-        doc["top1"] = s.top1
-        doc["top2"] = s.top2
-        doc["margin"] = s.margin
-        doc["entropy"] = s.entropy
-        doc["temperature"] = self.policies[topic].temperature
-        doc["policy"] = self._policy_docs[topic]
-        doc["reason"] = routing.reason
-        doc["source"] = {
-            "topic": topic,
+        fields = self._templates[topic].copy()
+        fields["decision"] = routing.decision
+        fields["label"] = routing.label
+        fields["class_index"] = s.class_index
+        fields["probabilities"] = s.probabilities
+        fields["top1"] = s.top1
+        fields["top2"] = s.top2
+        fields["margin"] = s.margin
+        fields["entropy"] = s.entropy
+        fields["reason"] = routing.reason
+        fields["source"] = {
+            **fields["source"],
             "partition": rec.partition,
             "offset": rec.offset,
             "timestamp": rec.timestamp,
         }
-        doc["config_version"] = self.config_version
-        doc["worker_version"] = __version__
+        doc.update(fields)
         try:
             value = dumps_document(doc)
         except orjson.JSONEncodeError as exc:
@@ -260,6 +258,34 @@ def _dlq_headers(rec: ConsumedRecord, reason: str, error: Exception) -> Headers:
         (DLQ_PREFIX + "source.timestamp", str(rec.timestamp).encode()),
         (DLQ_PREFIX + "worker_version", __version__.encode()),
     ]
+
+
+def output_template(topic: str, policy: Policy, config_version: str) -> dict[str, Any]:
+    """What an input topic's outputs add to the event: constants set, per-record values to fill
+    (``_decided`` in Python, the compiled path in Rust)."""
+    return template(
+        {
+            "decision": PER_RECORD,
+            "label": PER_RECORD,
+            "class_index": PER_RECORD,
+            "probabilities": PER_RECORD,
+            "top1": PER_RECORD,
+            "top2": PER_RECORD,
+            "margin": PER_RECORD,
+            "entropy": PER_RECORD,
+            "temperature": policy.temperature,
+            "policy": {"min_margin": policy.min_margin, "min_top1": policy.min_top1},
+            "reason": PER_RECORD,
+            "source": {
+                "topic": topic,
+                "partition": PER_RECORD,
+                "offset": PER_RECORD,
+                "timestamp": PER_RECORD,
+            },
+            "config_version": config_version,
+            "worker_version": __version__,
+        }
+    )
 
 
 def bounded(text: str, limit: int) -> bytes:
