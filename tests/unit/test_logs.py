@@ -24,44 +24,26 @@ def _restore_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
-def _lookup_failed(
-    err: Exception, capsys: pytest.CaptureFixture[str], level: str = "INFO"
-) -> list[dict[str, str]]:
+def _client_and_worker_lines(capsys: pytest.CaptureFixture[str], level: str) -> list[str]:
     logs.configure(level, "json")
-    logging.getLogger(COORDINATOR).error("Group Coordinator Request failed: %s", err)
-    return [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+    logging.getLogger(COORDINATOR).error(
+        "Group Coordinator Request failed: %s", errors.GroupCoordinatorNotAvailableError()
+    )
+    logging.getLogger("aiokafka").warning("Unable connect to %r", "127.0.0.1:1")
+    logging.getLogger("worker.stream.service").error("cannot reach Kafka at 127.0.0.1:1")
+    return [orjson.loads(line)["logger"] for line in capsys.readouterr().err.splitlines()]
 
 
-def test_a_retried_coordinator_lookup_is_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
-    [line] = _lookup_failed(errors.GroupCoordinatorNotAvailableError(), capsys)
-    assert line["level"] == "WARNING"
-    assert line["logger"] == COORDINATOR
-    assert "GroupCoordinatorNotAvailable" in line["message"]
-
-
-def test_a_lookup_that_fails_for_good_stays_an_error(capsys: pytest.CaptureFixture[str]) -> None:
-    err = errors.GroupAuthorizationFailedError("g")
-    assert not err.retriable
-    [line] = _lookup_failed(err, capsys)
-    assert line["level"] == "ERROR"
-
-
-def test_a_retried_lookup_is_not_shown_when_only_errors_are_asked_for(
-    capsys: pytest.CaptureFixture[str],
+@pytest.mark.parametrize("level", ["INFO", "warning", "ERROR"])
+def test_the_clients_own_lines_are_left_out_below_debug(
+    capsys: pytest.CaptureFixture[str], level: str
 ) -> None:
-    assert _lookup_failed(errors.GroupCoordinatorNotAvailableError(), capsys, "ERROR") == []
-    [line] = _lookup_failed(errors.GroupAuthorizationFailedError("g"), capsys, "ERROR")
-    assert line["level"] == "ERROR"
+    assert _client_and_worker_lines(capsys, level) == ["worker.stream.service"]
 
 
-def test_other_aiokafka_errors_keep_their_level(capsys: pytest.CaptureFixture[str]) -> None:
-    logs.configure("INFO", "text")
-    logging.getLogger(COORDINATOR).error("Heartbeat failed: %r", errors.RequestTimedOutError())
-    assert " ERROR " + COORDINATOR in capsys.readouterr().err
-
-
-def test_configuring_twice_adds_the_filter_once() -> None:
-    logs.configure()
-    logs.configure()
-    filters = logging.getLogger(COORDINATOR).filters
-    assert sum(isinstance(f, logs.RetriedLookupIsAWarning) for f in filters) == 1
+def test_debug_shows_the_clients_own_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _client_and_worker_lines(capsys, "DEBUG") == [
+        COORDINATOR,
+        "aiokafka",
+        "worker.stream.service",
+    ]

@@ -194,3 +194,15 @@ def test_bad_arguments_get_one_line_and_exit_2(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert needle in lines[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("chart", [["whatif"], ["plot", "margins", "-o", "{tmp}/m.png"]])
+def test_a_file_with_no_events_gets_one_line_and_exit_1(tmp_path: Path, chart: list[str]) -> None:
+    path = tmp_path / "none.jsonl"
+    path.write_text('{"not": "an event"}\nnot json\n')
+    proc = run(*(a.format(tmp=tmp_path) for a in chart), "--input", path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"logit-router {chart[0]}: no events to score in {path} (2 records not readable as events)"
+    ]
+    assert proc.stdout == ""

@@ -37,15 +37,9 @@ T = TypeVar("T")
 
 
 def _configure_logs() -> None:
-    import logging
-
     from worker.observability import logs
 
-    logs.configure("WARNING")
-    # Failures reach the user as one line from the command; aiokafka's own log would repeat
-    # them (and its retries) with timestamps.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    logging.getLogger("worker.stream.connections").setLevel(logging.ERROR)  # retries: not news here
+    logs.configure("WARNING")  # failures reach the user as one line from the command
 
 
 async def reachable(kafka: Any) -> None:
@@ -154,9 +148,10 @@ def _load(command: str, args: argparse.Namespace) -> tuple[Any, Any, dict[str, A
         settings = _settings(args.config) if args.config is not None else None
         limits = settings.limits if settings is not None else None
         try:
-            return settings, sources.from_file(args.input, args.topic, limits), {}
+            from_file = sources.from_file(args.input, args.topic, limits)
         except OSError as exc:
             raise UsageError(f"logit-router {command}: cannot read {args.input}: {exc}") from None
+        return _some_events(command, str(args.input), (settings, from_file, {}))
     _check_order(command, args)
     settings = _settings(args.config)
     topics = args.topic or sorted(settings.topics)
@@ -171,7 +166,22 @@ def _load(command: str, args: argparse.Namespace) -> tuple[Any, Any, dict[str, A
     if isinstance(result, int):
         return result
     loaded, spans = result
-    return settings, loaded, spans
+    return _some_events(command, ", ".join(topics), (settings, loaded, spans))
+
+
+def _some_events(
+    command: str, where: str, loaded: tuple[Any, Any, dict[str, Any]]
+) -> tuple[Any, Any, dict[str, Any]] | int:
+    """``loaded``, or one line and exit 1 when it holds no event to score."""
+    events = loaded[1]
+    if any(events.samples.values()):
+        return loaded
+    unreadable = sum(events.unreadable.values())
+    sys.stderr.write(
+        f"logit-router {command}: no events to score in {where}"
+        f" ({unreadable} records not readable as events)\n"
+    )
+    return EXIT_FAILURE
 
 
 def _labels(settings: Any, topic: str) -> Any:

@@ -8,7 +8,6 @@ user's mistake. Commands import their heavy modules lazily, so ``score`` starts 
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from worker.cli.common import (
     temperature,
 )
 from worker.core.errors import ConfigError
+from worker.core.rules import LOG_LEVELS
 
 # --- score -------------------------------------------------------------------------------
 
@@ -78,6 +78,13 @@ def _score(args: argparse.Namespace) -> int:
 def _add_run(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("run", help="the worker: consume, score, publish, commit")
     p.add_argument("--config", type=existing_file, required=True, help="TOML config file")
+    p.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=None,
+        help="instead of log.level; DEBUG also shows the Kafka client's own lines",
+    )
     p.set_defaults(handler=_run)
 
 
@@ -91,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
     from worker.observability import logs
 
     settings = load_settings(args.config)  # a bad config exits 2 here, before any Kafka call
-    logs.configure(settings.log.level, settings.log.format)
+    logs.configure(args.log_level or settings.log.level, settings.log.format)
     from worker.stream.service import run
 
     return run(settings, stop_requested=lambda: bool(early))
@@ -109,9 +116,6 @@ def _demo(args: argparse.Namespace) -> int:
     from worker.observability import logs
 
     logs.configure("WARNING")
-    # The first group request on a new broker meets "coordinator not available" while Kafka
-    # creates __consumer_offsets; aiokafka logs that as an error and retries. Not news here.
-    logging.getLogger("aiokafka.consumer.group_coordinator").setLevel(logging.CRITICAL)
     from worker.devkit.broker import BrokerError
     from worker.devkit.demo import run_demo
 

@@ -227,7 +227,7 @@ class HttpSettings(BaseModel):
 class LogSettings(BaseModel):
     model_config = _FROZEN
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    level: rules.LogLevel = "INFO"
     format: Literal["text", "json"] = "text"
 
 

@@ -23,28 +23,10 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc).decode()
 
 
-class RetriedLookupIsAWarning(logging.Filter):
-    """aiokafka logs a failed group-coordinator lookup at ERROR and then, for a retriable
-    error, simply retries it: a new cluster answers ``GroupCoordinatorNotAvailable`` until it
-    has created ``__consumer_offsets``. A condition that is retried and passes is a warning
-    (the Java client logs it at INFO or DEBUG), not an error to page someone for; a lookup
-    that fails for good stays an ERROR."""
-
-    MESSAGE = "Group Coordinator Request failed: %s"
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        if (
-            record.levelno == logging.ERROR
-            and record.msg == self.MESSAGE
-            and args
-            and getattr(args[0], "retriable", False)
-        ):
-            record.levelno = logging.WARNING
-            record.levelname = logging.getLevelName(logging.WARNING)
-            # Re-levelled, it must still clear the level the operator set (``log.level``).
-            return logging.getLogger(record.name).isEnabledFor(logging.WARNING)
-        return True
+# The Kafka client's own loggers. Every failure the worker cannot get past reaches the operator
+# as one line of ours; the client's lines (its errors for what it retries, its warnings) are
+# detail, shown only at DEBUG.
+CLIENT_LOGGERS = ("aiokafka", "kafka")
 
 
 def configure(level: str = "INFO", fmt: str = "text") -> None:
@@ -55,8 +37,7 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
-    logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
-    coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
-    if not any(isinstance(f, RetriedLookupIsAWarning) for f in coordinator.filters):
-        coordinator.addFilter(RetriedLookupIsAWarning())
+    root.setLevel(level.upper())
+    debug = root.getEffectiveLevel() <= logging.DEBUG
+    for name in CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.CRITICAL + 1)

@@ -184,7 +184,7 @@ async def start_within(
                     f"cannot reach Kafka at {kafka.bootstrap_servers} within "
                     f"{kafka.connect_timeout_s:g}s ({what}): {exc}"
                 ) from None
-            log.warning("%s: Kafka not reachable yet (%s); retrying", what, exc)
+            log.info("%s: Kafka not reachable yet (%s); retrying", what, exc)
             if stop is None:
                 await asyncio.sleep(delay)
             else:

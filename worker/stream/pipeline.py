@@ -88,9 +88,9 @@ class Worker:
         kafka = self.settings.kafka
         async with AsyncExitStack() as stack:
             consumer = make_consumer(kafka, group_id=kafka.group_id)
+            stack.push_async_callback(self._close_consumer, consumer)  # started or not
             await self.guarantee.open(consumer, stack, stop)
             await start_within(consumer, kafka, "consumer", stop)
-            stack.push_async_callback(self._close_consumer, consumer)
             await self._check_topics(consumer)
             await self.fitter.refresh()
             consumer.subscribe(self.inputs, listener=_Listener(self))
