@@ -45,18 +45,8 @@ class View(NamedTuple):
     raw: Raw
 
     def public(self) -> dict[str, Any]:
-        """The JSON an auditor reads (no raw bytes)."""
-        return {
-            "decision": self.decision,
-            "label": self.label,
-            "class_index": self.class_index,
-            "reason": self.reason,
-            "probabilities": self.probabilities,
-            "margin": self.margin,
-            "temperature": self.temperature,
-            "policy": self.policy,
-            "config_version": self.config_version,
-        }
+        """The JSON an auditor reads (no raw bytes, no id: the report line has it)."""
+        return {k: v for k, v in self._asdict().items() if k not in ("id", "raw")}
 
 
 Source = tuple[str, int, int]  # input topic, partition, offset

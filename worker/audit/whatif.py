@@ -38,7 +38,7 @@ import bisect
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 from worker.core.batch import Item, route_batch
@@ -54,6 +54,21 @@ class Sample(NamedTuple):
 
     logits: Sequence[float]
     labels: Sequence[str] | None = None
+
+
+# A cell as JSON: its counts and rate (the top-1 labels are for the tables alone).
+CELL_KEYS = (
+    "temperature",
+    "min_margin",
+    "min_top1",
+    "scored",
+    "unscored",
+    "escalated",
+    "rate",
+    "low_margin",
+    "low_top1",
+    "routed_labels",
+)
 
 
 @dataclass(frozen=True)
@@ -76,18 +91,7 @@ class Cell:
         return self.escalated / self.scored if self.scored else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "temperature": self.temperature,
-            "min_margin": self.min_margin,
-            "min_top1": self.min_top1,
-            "scored": self.scored,
-            "unscored": self.unscored,
-            "escalated": self.escalated,
-            "rate": self.rate,
-            "low_margin": self.low_margin,
-            "low_top1": self.low_top1,
-            "routed_labels": self.routed_labels,
-        }
+        return {key: getattr(self, key) for key in CELL_KEYS}
 
 
 @dataclass(frozen=True)
@@ -101,15 +105,7 @@ class Suggestion:
     exact: bool  # the rate is the target rounded to whole events; else the nearest reachable
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "temperature": self.temperature,
-            "min_margin": self.min_margin,
-            "min_top1": self.min_top1,
-            "rate": self.rate,
-            "crowding": self.crowding,
-            "scored": self.scored,
-            "exact": self.exact,
-        }
+        return asdict(self)
 
 
 def _route(samples: Sequence[Sample], policy: Policy) -> list[Routing | Exception]:

@@ -438,6 +438,12 @@ def _add_replay(sub: argparse._SubParsersAction[Parser]) -> None:
     p.set_defaults(handler=replay_command)
 
 
+def _temperatures_argument(p: Parser) -> None:
+    # The lab's temperatures (``whatif.LAB_TEMPERATURES``, not imported: it loads numpy).
+    help_text = "default 0.5,0.7,1.0,1.3,1.6,2.0"
+    p.add_argument("--temperatures", type=temperatures, default=None, help=help_text)
+
+
 def _add_whatif(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser(
         "whatif", help="escalation rate against temperature and thresholds on recorded events"
@@ -449,9 +455,7 @@ def _add_whatif(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument(
         "--input", type=existing_file, default=None, help="JSONL events instead of Kafka"
     )
-    p.add_argument(
-        "--temperatures", type=temperatures, default=None, help="default 0.5,0.7,1.0,1.3,1.6,2.0"
-    )
+    _temperatures_argument(p)
     p.add_argument(
         "--min-margins", type=_probabilities, default=None, help="default 0.05,0.1,0.15,0.2,0.3"
     )
@@ -476,9 +480,7 @@ def _add_plot(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument(
         "--logits", type=float_list, default=None, help="temperature chart: e.g. 3.2,2.8,0.5"
     )
-    p.add_argument(
-        "--temperatures", type=temperatures, default=None, help="default 0.5,0.7,1.0,1.3,1.6,2.0"
-    )
+    _temperatures_argument(p)
     p.add_argument(
         "--labels", type=labels, default=None, help="legend names (default class_1, class_2, ...)"
     )

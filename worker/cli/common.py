@@ -80,21 +80,20 @@ def existing_file(text: str) -> Path:
     return path
 
 
-def positive_int(text: str) -> int:
+def _whole(text: str, low: int, high: int | None, refusal: str) -> int:
+    """``text`` as an integer in [low, high]; else ``refusal``, or says it is no number."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"{refusal}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _whole(text, 1, None, "must be > 0")
 
 
 def port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
-    return value
+    return _whole(text, 0, 65535, "not a port number (0 to 65535)")
