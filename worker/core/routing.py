@@ -11,9 +11,9 @@ probability is a few ulps whatever the number of classes. A ``-inf`` logit is a 
 with probability 0; NaN and ``+inf`` are refused, never turned into output.
 
 Reproducibility. Only the sum is exactly rounded; ``exp`` and ``log`` come from the platform's
-C library, and glibc, musl and macOS may differ in the last bit. So the same event and policy
-give the same bits on the same platform, every time; on another platform a replay compares
-probabilities within ``replay --tolerance``.
+C library, and glibc, musl and macOS may differ in the last bit (glibc may also pick a variant
+by CPU features). So the same event and policy give the same bits on the same platform, every
+time; on another platform a replay compares probabilities within ``replay --tolerance``.
 """
 
 from __future__ import annotations
