@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ import pytest
 
 from tests.integration.helpers import kill_leftovers
 
-OUT = Path(__file__).parents[2] / "out"
+# Where the tests leave tables of what they measured: a directory of the session's own unless
+# this names one (e.g. LOGIT_ROUTER_TEST_OUT=out), so a plain run changes nothing in the tree.
+OUT_ENV = "LOGIT_ROUTER_TEST_OUT"
 
 
 @pytest.fixture(autouse=True)
@@ -21,14 +24,25 @@ def _no_worker_outlives_its_test() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def reliability() -> Iterator[list[dict[str, Any]]]:
-    """Rows of figures measured by the fault tests, written to out/reliability.{jsonl,md}."""
+def measured_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory for measured tables: ``$LOGIT_ROUTER_TEST_OUT``, else a temporary one."""
+    named = os.environ.get(OUT_ENV)
+    if not named:
+        return tmp_path_factory.mktemp("out")
+    out = Path(named)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def reliability(measured_out: Path) -> Iterator[list[dict[str, Any]]]:
+    """Rows of figures measured by the fault tests, written to reliability.{jsonl,md} in
+    ``measured_out``."""
     rows: list[dict[str, Any]] = []
     yield rows
     if not rows:
         return
-    OUT.mkdir(exist_ok=True)
-    with (OUT / "reliability.jsonl").open("ab") as fh:
+    with (measured_out / "reliability.jsonl").open("ab") as fh:
         for row in rows:
             fh.write(orjson.dumps(row) + b"\n")
     head = "| scenario | guarantee | events | faults | lost | duplicated | order violations |"
@@ -38,4 +52,4 @@ def reliability() -> Iterator[list[dict[str, Any]]]:
         f" {r['duplicated']} | {r['order_violations']} | {r['recovery_s']} |\n"
         for r in rows
     )
-    (OUT / "reliability.md").write_text(head + body)
+    (measured_out / "reliability.md").write_text(head + body)

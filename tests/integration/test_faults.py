@@ -3,7 +3,8 @@ processes against a real broker, real signals, and an independent checker that r
 outputs with read_committed and compares them with the inputs.
 
 At-least-once must lose nothing; exactly-once must also duplicate nothing. Every scenario
-adds a row to out/reliability.md (see conftest.py), the source of docs/reliability.md.
+adds a row to reliability.md in $LOGIT_ROUTER_TEST_OUT (see conftest.py), the source of
+docs/reliability.md.
 """
 
 from __future__ import annotations

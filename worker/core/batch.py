@@ -2,8 +2,9 @@
 
 ``whatif`` scores thousands of stored events once per candidate policy and uses this path.
 The worker does not: it publishes the reference values of ``routing.route`` (computed in Python
-or, bit for bit the same, by the compiled hot path, ``worker.core.native``), since numpy's ``exp``
-differs between CPUs (it has its own SIMD code) and the bytes published must not.
+or, bit for bit the same on one platform, by the compiled hot path, ``worker.core.native``),
+since numpy's ``exp`` has SIMD code of its own, chosen by CPU, and the bytes published should
+depend on no more than the platform's C library.
 
 The batch path must give the decisions of the scalar path (``routing.route``), event for event,
 so that a what-if rate is the rate the live worker would have. numpy's ``exp``

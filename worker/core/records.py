@@ -3,7 +3,8 @@
 The live pipeline, ``replay`` and the benchmarks all run a batch through ``Router.process``,
 so the bytes an auditor re-computes are the bytes the worker published. Each record goes
 through the compiled hot path (``worker.core.native``) when it is installed and accepts the record,
-else through the Python path here; both write the same bytes.
+else through the Python path here; on one platform both write the same bytes (on another,
+``exp`` and ``log`` may differ in the last bit: see ``worker.core.routing``).
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ anywhere in +/-1e308 and T anywhere in (0, inf): a tiny T gives a one-hot vector
 near-uniform one. The sum is taken with ``math.fsum`` (exactly rounded), so the error of each
 probability is a few ulps whatever the number of classes. A ``-inf`` logit is a masked class
 with probability 0; NaN and ``+inf`` are refused, never turned into output.
+
+Reproducibility. Only the sum is exactly rounded; ``exp`` and ``log`` come from the platform's
+C library, and glibc, musl and macOS may differ in the last bit (glibc may also pick a variant
+by CPU features). So the same event and policy give the same bits on the same platform, every
+time; on another platform a replay compares probabilities within ``replay --tolerance``.
 """
 
 from __future__ import annotations

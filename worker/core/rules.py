@@ -23,19 +23,23 @@ LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 
 
 def temperature(value: float) -> float:
+    """> 0, finite"""
     if not (math.isfinite(value) and value > 0.0):
         raise ValueError("must be finite and > 0")
     return value
 
 
 def probability(value: float) -> float:
+    """in [0, 1]"""
     if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
         raise ValueError("must lie in [0, 1]")
     return value
 
 
 def labels(values: Sequence[str]) -> tuple[str, ...]:
-    """At least two class names, none empty, no two alike (a repeated name hides a class)."""
+    """at least 2, none empty, no two alike
+
+    (A repeated name would hide a class.)"""
     if len(values) < MIN_LABELS:
         raise ValueError(f"at least {MIN_LABELS} labels are needed")
     if any(not value for value in values):

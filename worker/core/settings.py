@@ -53,47 +53,132 @@ _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
 class KafkaSettings(BaseModel):
+    """How the worker connects to Kafka, and its consumer's and producer's settings."""
+
     model_config = _FROZEN
 
-    bootstrap_servers: str = Field("localhost:9092", min_length=1)
-    group_id: str = Field("logit-router", min_length=1)
-    client_id: str = Field("logit-router", min_length=1)
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    # Or a file holding it (a Kubernetes or Docker secret), read once at load: see _SECRET_FILES.
-    sasl_password_file: Path | None = None
+    bootstrap_servers: str = Field(
+        "localhost:9092",
+        min_length=1,
+        description="The brokers to contact first, as `host:port`, several separated by commas.",
+    )
+    group_id: str = Field(
+        "logit-router",
+        min_length=1,
+        description="The consumer group: workers with the same group share the input partitions. "
+        "Under exactly-once it also begins every transactional id.",
+    )
+    client_id: str = Field(
+        "logit-router",
+        min_length=1,
+        description="The name the clients give the brokers (their logs and quotas use it).",
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How to talk to the brokers: in the clear, over TLS, with SASL, or SASL "
+        "over TLS.",
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="The SASL mechanism; required with a `SASL_` protocol."
+    )
+    sasl_username: str | None = Field(
+        None, description="The SASL user; required with a `SASL_` protocol."
+    )
+    sasl_password: SecretStr | None = Field(
+        None,
+        description="The SASL password; required with a `SASL_` protocol. Masked wherever the "
+        "config is printed; give it in the environment or through `sasl_password_file`.",
+    )
+    # Read once at load: see _SECRET_FILES.
+    sasl_password_file: Path | None = Field(
+        None,
+        description="A file holding the SASL password (a Kubernetes or Docker secret, say), read "
+        "once at start without its final line break. Give this or `sasl_password`, not both.",
+    )
     # FilePath: a missing file is a config error (exit 2), named before anything connects.
-    ssl_cafile: FilePath | None = None
-    ssl_certfile: FilePath | None = None
-    ssl_keyfile: FilePath | None = None
-    ssl_key_password: SecretStr | None = None
-    ssl_key_password_file: Path | None = None
-    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    session_timeout_ms: StrictInt = Field(45_000, ge=1_000)
-    heartbeat_interval_ms: StrictInt = Field(3_000, ge=100)
-    max_poll_interval_ms: StrictInt = Field(300_000, ge=1_000)
-    request_timeout_ms: StrictInt = Field(40_000, ge=1_000)
-    # How long the worker may go without reaching the brokers before it gives up, exit 1.
-    connect_timeout_s: StrictFloat = Field(30.0, gt=0.0)
-    # A fetch is answered once 192 KiB are there or after 10 ms, not for each first record:
-    # fewer, larger batches. At 20,000 events/s, in three paired benchmark runs against 64 KiB
-    # or 5 ms, it took a sixth off the worker's CPU and up to a third off the broker's, and the
-    # p99 went from 33-42 to 30-34 ms, for 3 to 6 ms more on the median (docs/performance.md).
-    # At low rates it adds at most 10 ms. An idle worker asks every 10 ms: raise
-    # fetch_max_wait_ms where that matters more.
-    fetch_min_bytes: StrictInt = Field(196_608, ge=1)
-    fetch_max_wait_ms: StrictInt = Field(10, ge=0)
-    max_partition_fetch_bytes: StrictInt = Field(1_048_576, ge=1024)
-    # 0: send as soon as a batch is handed over; our batches are already large, and lingering
-    # only added latency (p99 35 -> 21 ms at 1,000 events/s, same throughput: docs/performance.md).
-    linger_ms: StrictInt = Field(0, ge=0)
-    max_batch_size: StrictInt = Field(262_144, ge=1024)
-    # Large enough that the topic's own max.message.bytes, not the client, bounds a record:
-    # a dead-letter record must carry its input byte for byte, however big it was.
-    max_request_size: StrictInt = Field(8_388_608, ge=1024)
-    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
+    ssl_cafile: FilePath | None = Field(
+        None,
+        description="The CA certificates that the brokers' certificates are checked against; "
+        "the system's when unset. Certificates are always checked.",
+    )
+    ssl_certfile: FilePath | None = Field(
+        None, description="The client certificate, for brokers that authenticate clients by TLS."
+    )
+    ssl_keyfile: FilePath | None = Field(
+        None, description="The client certificate's private key; needs `ssl_certfile`."
+    )
+    ssl_key_password: SecretStr | None = Field(
+        None, description="The password of an encrypted `ssl_keyfile`. Masked like every secret."
+    )
+    ssl_key_password_file: Path | None = Field(
+        None,
+        description="A file holding the key's password, read as `sasl_password_file` is. Give "
+        "this or `ssl_key_password`, not both.",
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest",
+        description="Where to start in a partition that the group has committed nothing for.",
+    )
+    session_timeout_ms: StrictInt = Field(
+        45_000,
+        ge=1_000,
+        description="How long the group waits for a heartbeat before it gives this worker's "
+        "partitions to another member.",
+    )
+    heartbeat_interval_ms: StrictInt = Field(
+        3_000, ge=100, description="How often the consumer tells the group it is alive."
+    )
+    max_poll_interval_ms: StrictInt = Field(
+        300_000,
+        ge=1_000,
+        description="The longest the worker may take between fetches before the group counts it "
+        "as stuck and moves its partitions. Must be above `processing.transaction_timeout_ms`.",
+    )
+    request_timeout_ms: StrictInt = Field(
+        40_000, ge=1_000, description="How long a client waits for a broker's answer to a request."
+    )
+    connect_timeout_s: StrictFloat = Field(
+        30.0,
+        gt=0.0,
+        description="How long the worker may go without reaching the brokers, at start or "
+        "later, before it gives up and exits with status 1.",
+    )
+    # Fewer, larger batches at moderate load, for a few ms of latency (docs/performance.md).
+    fetch_min_bytes: StrictInt = Field(
+        196_608,
+        ge=1,
+        description="A fetch is answered once this many bytes are waiting, or after "
+        "`fetch_max_wait_ms`, whichever comes first.",
+    )
+    fetch_max_wait_ms: StrictInt = Field(
+        10,
+        ge=0,
+        description="The longest a fetch waits for `fetch_min_bytes`: what it may add to the "
+        "latency at low rates, and how often an idle worker asks the brokers for records (raise "
+        "it where many idle workers share a cluster).",
+    )
+    max_partition_fetch_bytes: StrictInt = Field(
+        1_048_576, ge=1024, description="The most bytes one fetch returns from one partition."
+    )
+    linger_ms: StrictInt = Field(
+        0,
+        ge=0,
+        description="How long the producer waits for more records before sending. 0: send at "
+        "once, since the worker hands over whole batches.",
+    )
+    max_batch_size: StrictInt = Field(
+        262_144, ge=1024, description="The most bytes in one record batch of one partition."
+    )
+    # Large enough that the topic's own max.message.bytes, not the client, bounds a record.
+    max_request_size: StrictInt = Field(
+        8_388_608,
+        ge=1024,
+        description="The largest produce request. Large, so that a dead-letter record can carry "
+        "its input byte for byte, however big it was.",
+    )
+    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = Field(
+        None, description="Compression of the output batches; none when unset."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -148,11 +233,25 @@ def read_secret_file(path: Path, field: str) -> SecretStr:
 
 
 class OutputTopics(BaseModel):
+    """The three output topics: all different, and none of them an input topic."""
+
     model_config = _FROZEN
 
-    routed: str = Field("logits.routed", min_length=1)
-    escalated: str = Field("logits.escalated", min_length=1)
-    dead_letter: str = Field("logits.dead-letter", min_length=1)
+    routed: str = Field(
+        "logits.routed",
+        min_length=1,
+        description="Confident events: downstream systems act on the top-1 label.",
+    )
+    escalated: str = Field(
+        "logits.escalated",
+        min_length=1,
+        description="Uncertain events, for a person or a stronger model to look at.",
+    )
+    dead_letter: str = Field(
+        "logits.dead-letter",
+        min_length=1,
+        description="Records that cannot be scored, unchanged, with the reason in headers.",
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> OutputTopics:
@@ -167,20 +266,45 @@ class TopicPolicy(BaseModel):
 
     model_config = _FROZEN
 
-    temperature: Temperature = 1.0
-    min_margin: Probability = 0.1
-    min_top1: Probability | None = None
-    labels: Labels | None = None
+    temperature: Temperature = Field(
+        1.0,
+        description="The softmax temperature: above 1 spreads the probabilities out, below 1 "
+        "sharpens them.",
+    )
+    min_margin: Probability = Field(
+        0.1,
+        description="An event whose top-1 minus top-2 probability is below this is escalated "
+        "(`low_margin`).",
+    )
+    min_top1: Probability | None = Field(
+        None,
+        description="An event whose top-1 probability is below this is escalated (`low_top1`); "
+        "no such check when unset.",
+    )
+    labels: Labels | None = Field(
+        None,
+        description="Class names by index, for events that carry no `labels` of their own; an "
+        "event with a different number of logits is dead-lettered. Unset: the label is the "
+        "class index.",
+    )
 
     def policy(self) -> Policy:
         return Policy(self.temperature, self.min_margin, self.min_top1, self.labels)
 
 
 class Limits(BaseModel):
+    """Bounds on one input event; an event past them is dead-lettered."""
+
     model_config = _FROZEN
 
-    max_classes: StrictInt = Field(10_000, ge=2)
-    max_event_bytes: StrictInt = Field(1_048_576, ge=64)
+    max_classes: StrictInt = Field(
+        10_000, ge=2, description="The most logits an event may have (else `too_many_classes`)."
+    )
+    max_event_bytes: StrictInt = Field(
+        1_048_576,
+        ge=64,
+        description="The largest input record value, in bytes (else `payload_too_large`).",
+    )
 
 
 BATCH_RECORDS = 2_000
@@ -188,47 +312,76 @@ EXACTLY_ONCE_BATCH_RECORDS = 5_000
 
 
 class Processing(BaseModel):
+    """How batches are processed, committed and stopped."""
+
     model_config = _FROZEN
 
-    guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
-    # Records per batch (one fetch). Unset: BATCH_RECORDS, or under exactly-once
-    # EXACTLY_ONCE_BATCH_RECORDS (see ``batch_records``).
-    max_batch_records: StrictInt | None = Field(None, ge=1, le=100_000)
-    # Bound on a graceful stop: finish the batch in hand, flush, commit; past it, give up.
-    drain_timeout_s: StrictFloat = Field(10.0, gt=0.0)
-    transaction_timeout_ms: StrictInt = Field(60_000, ge=1_000)
-    # Route with the compiled hot path (worker.core.native) when it is installed; the Python path
-    # writes the same bytes, so this only trades speed (off: to rule the extension out).
-    native: StrictBool = True
+    guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="`at_least_once`: offsets are committed once the outputs are acknowledged. "
+        "`exactly_once`: a batch's outputs and offsets go in one Kafka transaction per input "
+        "partition; readers of the outputs must use `isolation_level=read_committed`.",
+    )
+    max_batch_records: StrictInt | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description=f"The most records in a batch (one fetch). Unset: {BATCH_RECORDS:,}, or "
+        f"{EXACTLY_ONCE_BATCH_RECORDS:,} under exactly-once, where a larger batch spreads each "
+        "transaction's round trips over more records.",
+    )
+    drain_timeout_s: StrictFloat = Field(
+        10.0,
+        gt=0.0,
+        description="The bound on a graceful stop: finish the batches in hand, flush, commit; "
+        "past it, give up and exit.",
+    )
+    transaction_timeout_ms: StrictInt = Field(
+        60_000,
+        ge=1_000,
+        description="Under exactly-once, how long a transaction may stay open before the broker "
+        "aborts it. Must be below `kafka.max_poll_interval_ms`.",
+    )
+    native: StrictBool = Field(
+        True,
+        description="Route with the compiled hot path when it is installed. The Python path "
+        "writes the same bytes, so this only trades speed (off: to rule the extension out).",
+    )
 
     @property
     def batch_records(self) -> int:
-        """``max_batch_records`` if set, else the default for the guarantee. Under
-        exactly-once every batch pays a transaction's round trips for each input partition, so
-        larger batches amortise them, as Kafka Streams shortens its commit interval when it
-        switches to exactly-once: measured, 1,000 records gave 0.65 to 0.84 of at-least-once's
-        throughput, 5,000 about 1.0 (docs/performance.md). At-least-once takes 2,000: in three
-        paired runs on one pre-fill it routed 1.05x to 1.15x what 1,000 did, and at a fixed
-        17,000 events/s its p99 was no worse (the bound only binds when the worker is behind;
-        at 17,000 events/s a 10-ms fetch wait holds about 170 records)."""
+        """``max_batch_records`` if set, else the default for the guarantee: larger under
+        exactly-once, where every batch pays a transaction's round trips for each input
+        partition, as Kafka Streams shortens its commit interval under exactly-once (the
+        figures: docs/performance.md)."""
         if self.max_batch_records is not None:
             return self.max_batch_records
         return EXACTLY_ONCE_BATCH_RECORDS if self.guarantee == "exactly_once" else BATCH_RECORDS
 
 
 class HttpSettings(BaseModel):
+    """The HTTP server for `/metrics`, `/healthz` and `/readyz`, all on one port."""
+
     model_config = _FROZEN
 
-    enabled: StrictBool = True
-    host: str = "127.0.0.1"  # loopback unless the operator opens it up on purpose
-    port: StrictInt = Field(9464, ge=0, le=65_535)
+    enabled: StrictBool = Field(True, description="Serve `/metrics`, `/healthz` and `/readyz`.")
+    host: str = Field(
+        "127.0.0.1",
+        description="The address to listen on: loopback unless opened up on purpose "
+        "(`0.0.0.0` in a container).",
+    )
+    port: StrictInt = Field(9464, ge=0, le=65_535, description="The port; 0 takes any free one.")
 
 
 class LogSettings(BaseModel):
+    """The worker's log on stderr."""
+
     model_config = _FROZEN
 
-    level: rules.LogLevel = "INFO"
-    format: Literal["text", "json"] = "text"
+    level: rules.LogLevel = Field("INFO", description="The lowest level written.")
+    format: Literal["text", "json"] = Field(
+        "text", description="`text` for people; `json`, one object a line, for log collectors."
+    )
 
 
 class Settings(BaseSettings):
@@ -237,7 +390,11 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = KafkaSettings()
     outputs: OutputTopics = OutputTopics()
-    topics: dict[str, TopicPolicy] = Field(min_length=1)
+    topics: dict[str, TopicPolicy] = Field(
+        min_length=1,
+        description='The input topics, each with its policy, as `[topics."NAME"]` tables; '
+        "at least one.",
+    )
     limits: Limits = Limits()
     processing: Processing = Processing()
     http: HttpSettings = HttpSettings()

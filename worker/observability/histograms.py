@@ -1,11 +1,11 @@
 """A Prometheus histogram that takes a whole batch of observations at once.
 
 prometheus-client observes one value at a time: each ``Histogram.observe`` takes a lock and
-walks the bucket bounds in Python, about 1.5 µs a call, and the worker made four calls per
-event. Here a batch costs a few numpy calls (``searchsorted`` and ``bincount``) whatever its
-size. The exposition is the client's own ``HistogramMetricFamily``: the same ``_bucket``
-(cumulative, with ``le`` written as the client writes it), ``_sum`` and ``_count`` series a
-``Histogram`` gives, so dashboards and alerts cannot tell the difference.
+walks the bucket bounds in Python, and the worker would make four calls per event. Here a batch
+costs a few numpy calls (``searchsorted`` and ``bincount``) whatever its size. The exposition
+is the client's own ``HistogramMetricFamily``: the same ``_bucket`` (cumulative, with ``le``
+written as the client writes it), ``_sum`` and ``_count`` series a ``Histogram`` gives,
+so dashboards and alerts cannot tell the difference.
 
 A bucket counts the values ``<= le``, as in Prometheus. Collection runs on the worker's event
 loop (``worker.observability.health``), never beside an update, so no lock is needed.

@@ -86,8 +86,8 @@ class Metrics:
             p + "dead_letters_total", "Dead-lettered events, by input topic and reason.",
             ["topic", "reason"], registry=registry,
         )  # fmt: skip
-        # Observed once per batch (observability.histograms): the per-event cost of the client's own
-        # Histogram was 12 % of the worker's CPU.
+        # Observed once per batch (observability.histograms), not once per event as the client's
+        # own Histogram does.
         self.margin = BatchHistogram(
             p + "margin", "Confidence margin (top-1 minus top-2 probability) of scored events.",
             topics, UNIT_BUCKETS, registry,

@@ -1,9 +1,9 @@
 """Hand a batch of outputs to the producer as record batches, one per output partition.
 
-``AIOKafkaProducer.send`` costs about 12 µs of CPU per record on this machine (a coroutine, a
-metadata check and a delivery future per record); appending to a ``BatchBuilder`` and handing
-it over with ``send_batch`` costs about 4 µs (``docs/performance.md``). The records, their
-partitions and their order are the ones ``send`` would give:
+``AIOKafkaProducer.send`` pays for a coroutine, a metadata check and a delivery future per
+record; appending to a ``BatchBuilder`` and handing it over with ``send_batch`` pays for them
+once per batch (the cost of each: ``docs/performance.md``). The records, their partitions and
+their order are the ones ``send`` would give:
 
 * the partition comes from the producer's default partitioner (murmur2 of the key, as the Java
   client; a random partition for a record without a key), with the key hashed by the compiled

@@ -87,7 +87,7 @@ async def serve(
 def tune_gc() -> None:
     """Fewer, later garbage collections: the start-up objects are frozen out of every scan and
     the young generation may grow, since a batch makes many short-lived objects and no cycles
-    to speak of. Measured: 52.5 -> 47.6 us CPU per event (docs/performance.md)."""
+    to speak of (what it saves: docs/performance.md)."""
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
 
