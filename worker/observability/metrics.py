@@ -74,36 +74,42 @@ class Metrics:
         topics = sorted(settings.topics)
         p = "logit_router_"
         self.registry = registry
-        self.events = Counter(
-            p + "events_total", "Events processed, by input topic and decision.",
-            ["topic", "decision"], registry=registry,
+
+        def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
+            return Counter(p + name, doc, list(labels), registry=registry)
+
+        def seconds(name: str, doc: str) -> Histogram:
+            return Histogram(p + name, doc, buckets=SECONDS_BUCKETS, registry=registry)
+
+        def per_topic(name: str, doc: str, buckets: Sequence[float]) -> BatchHistogram:
+            # Observed once per batch (observability.histograms), not once per event.
+            return BatchHistogram(p + name, doc, topics, buckets, registry)
+
+        self.events = counter(
+            "events_total", "Events processed, by input topic and decision.", ["topic", "decision"]
+        )
+        self.escalations = counter(
+            "escalations_total", "Escalated events, by input topic and reason.", ["topic", "reason"]
+        )
+        self.dead_letters = counter(
+            "dead_letters_total",
+            "Dead-lettered events, by input topic and reason.",
+            ["topic", "reason"],
+        )
+        self.margin = per_topic(
+            "margin", "Confidence margin (top-1 minus top-2 probability) of scored events.",
+            UNIT_BUCKETS,
         )  # fmt: skip
-        self.escalations = Counter(
-            p + "escalations_total", "Escalated events, by input topic and reason.",
-            ["topic", "reason"], registry=registry,
+        self.top1 = per_topic(
+            "top1_probability", "Top-1 probability of scored events.", UNIT_BUCKETS
+        )
+        self.entropy = per_topic(
+            "entropy_nats", "Entropy of the probabilities of scored events, in nats.",
+            ENTROPY_BUCKETS,
         )  # fmt: skip
-        self.dead_letters = Counter(
-            p + "dead_letters_total", "Dead-lettered events, by input topic and reason.",
-            ["topic", "reason"], registry=registry,
-        )  # fmt: skip
-        # Observed once per batch (observability.histograms), not once per event as the client's
-        # own Histogram does.
-        self.margin = BatchHistogram(
-            p + "margin", "Confidence margin (top-1 minus top-2 probability) of scored events.",
-            topics, UNIT_BUCKETS, registry,
-        )  # fmt: skip
-        self.top1 = BatchHistogram(
-            p + "top1_probability", "Top-1 probability of scored events.",
-            topics, UNIT_BUCKETS, registry,
-        )  # fmt: skip
-        self.entropy = BatchHistogram(
-            p + "entropy_nats", "Entropy of the probabilities of scored events, in nats.",
-            topics, ENTROPY_BUCKETS, registry,
-        )  # fmt: skip
-        self.batch_seconds = Histogram(
-            p + "batch_duration_seconds", "Time to score, publish and commit one batch.",
-            buckets=SECONDS_BUCKETS, registry=registry,
-        )  # fmt: skip
+        self.batch_seconds = seconds(
+            "batch_duration_seconds", "Time to score, publish and commit one batch."
+        )
         # Each guarantee's default bound is a bucket bound, so full batches, the sign of a
         # backlog, can be counted.
         self.batch_records = Histogram(
@@ -112,23 +118,20 @@ class Metrics:
                             EXACTLY_ONCE_BATCH_RECORDS, 10000}),
             registry=registry,
         )  # fmt: skip
-        self.latency = BatchHistogram(
-            p + "end_to_end_latency_seconds",
+        self.latency = per_topic(
+            "end_to_end_latency_seconds",
             "From the input record's timestamp to its output being acknowledged.",
-            topics, LATENCY_BUCKETS, registry,
-        )  # fmt: skip
-        self.produce_seconds = Histogram(
-            p + "produce_ack_duration_seconds", "Time for a batch's outputs to be acknowledged.",
-            buckets=SECONDS_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.commit_seconds = Histogram(
-            p + "commit_duration_seconds", "Time to commit a batch's input offsets.",
-            buckets=SECONDS_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.commit_failures = Counter(
-            p + "commit_failures_total", "Offset commits that failed (the batch is redelivered).",
-            registry=registry,
-        )  # fmt: skip
+            LATENCY_BUCKETS,
+        )
+        self.produce_seconds = seconds(
+            "produce_ack_duration_seconds", "Time for a batch's outputs to be acknowledged."
+        )
+        self.commit_seconds = seconds(
+            "commit_duration_seconds", "Time to commit a batch's input offsets."
+        )
+        self.commit_failures = counter(
+            "commit_failures_total", "Offset commits that failed (the batch is redelivered)."
+        )
         self.lag = Gauge(
             p + "consumer_lag_records", "Records behind the end of each assigned partition.",
             ["topic", "partition"], registry=registry,
