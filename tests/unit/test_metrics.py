@@ -255,7 +255,7 @@ async def test_a_failed_lag_refresh_is_logged_and_the_refreshes_go_on(
             await third.wait()
         assert not task.done()
     finally:
-        await pipeline._cancelled(task)
+        await pipeline.cancelled(task)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == ["consumer lag not refreshed: RuntimeError: no position yet"]
 
