@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from tests.integration.helpers import (
@@ -23,14 +25,17 @@ from tests.integration.helpers import (
     read_inputs,
     read_outputs,
     running_worker,
+    start_worker,
     wait_for_progress,
     wait_until_committed,
+    worker_log,
     write_config,
 )
 from tests.integration.test_pipeline import expected
 from worker.core.settings import Settings
 from worker.devkit import traffic
 from worker.observability.health import HealthServer
+from worker.stream import admin
 from worker.stream.pipeline import Worker
 
 pytestmark = pytest.mark.integration
@@ -171,3 +176,99 @@ async def test_a_reload_under_live_traffic_switches_version_at_one_offset_per_pa
     if guarantee == "exactly_once":
         assert verdict.duplicated == 0
         assert verdict.outputs == verdict.events
+
+
+def all_versions(outputs: Any) -> set[str]:
+    return {orjson.loads(r.value)["config_version"] for r in [*outputs.routed, *outputs.escalated]}
+
+
+async def publish(settings: Settings, per_topic: int, seed: int) -> None:
+    for n, topic in enumerate(sorted(settings.topics)):
+        classes = 3 if topic.startswith("support") else 2
+        events = traffic.synthetic(per_topic, seed=seed + n, classes=classes)
+        await traffic.produce(settings.kafka.bootstrap_servers, topic, events)
+
+
+async def until_logged(config: Path, text: str, timeout_s: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while text not in worker_log(config):
+        assert asyncio.get_running_loop().time() < deadline, f"never logged: {text}"
+        await asyncio.sleep(0.1)
+
+
+@GUARANTEES
+async def test_sighup_makes_a_worker_process_apply_the_changed_file(
+    bootstrap: str, uid: str, guarantee: str, tmp_path: Path
+) -> None:
+    old = make_settings(bootstrap, uid, processing={"guarantee": guarantee})
+    new = with_temperature(old, support_topic(old), 2.5)
+    await create_all(old)
+    config = write_config(old, tmp_path / "worker.toml")
+    await publish(old, 200, seed=1)
+    proc = start_worker(config)
+    await wait_until_committed(old)
+    before = await admin.end_offsets(old.kafka, old.topics)
+    write_config(new, config)
+    proc.send_signal(signal.SIGHUP)
+    await until_logged(config, f"config reload (SIGHUP) applied: {old.config_version} -> ")
+    await publish(old, 200, seed=2)
+    await wait_until_committed(old)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0, worker_log(config)
+
+    for (topic, partition), docs in versions_by_partition(await read_outputs(old)).items():
+        boundary = before[TopicPartition(topic, partition)]
+        for offset, doc in docs:
+            want = old if offset < boundary else new
+            assert doc["config_version"] == want.config_version, (topic, partition, offset)
+            assert doc["temperature"] == want.topics[topic].temperature
+
+
+@GUARANTEES
+async def test_a_bad_reload_changes_nothing_is_counted_and_answered_400(
+    bootstrap: str, uid: str, guarantee: str, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        bootstrap, uid, processing={"guarantee": guarantee}, http={"enabled": True, "port": 0}
+    )
+    support = support_topic(settings)
+    await create_all(settings)
+    config = write_config(settings, tmp_path / "worker.toml")
+    good = config.read_text()
+    assert '"temperature" = 0.7' in good
+    regrouped = make_settings(
+        bootstrap,
+        uid,
+        processing={"guarantee": guarantee},
+        http={"enabled": True, "port": 0},
+        kafka={"group_id": f"other-{uid}"},
+    )
+    registry = CollectorRegistry()
+    async with http_worker(settings, config, registry) as port:
+        await publish(settings, 100, seed=1)
+        await wait_until_committed(settings)
+
+        config.write_text(good.replace('"temperature" = 0.7', '"temperature" = -1.0'))
+        status, body = await post_reload(port)
+        assert status == 400
+        assert body.startswith(f"refused: invalid config: topics.{support}.temperature = -1.0: ")
+        assert body.count("\n") == 1
+
+        write_config(regrouped, config)
+        status, body = await post_reload(port)
+        assert status == 400
+        assert body == (f"refused: needs a restart: kafka.group_id 'g-{uid}' -> 'other-{uid}'\n")
+
+        config.write_text(good)
+        assert await post_reload(port) == (200, f"unchanged {settings.config_version}\n")
+
+        await publish(settings, 100, seed=2)
+        await wait_until_committed(settings)
+    assert sample(registry, "config_reloads_total", result="refused") == 2
+    assert sample(registry, "config_reloads_total", result="unchanged") == 1
+    assert sample(registry, "config_reloads_total", result="applied") == 0
+    assert sample(registry, "policy_temperature", topic=support) == 0.7
+    outputs = await read_outputs(settings)
+    assert all_versions(outputs) == {settings.config_version}
+    verdict = await audit(settings)
+    assert (verdict.events, verdict.lost) == (400, 0)
