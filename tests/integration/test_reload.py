@@ -272,3 +272,57 @@ async def test_a_bad_reload_changes_nothing_is_counted_and_answered_400(
     assert all_versions(outputs) == {settings.config_version}
     verdict = await audit(settings)
     assert (verdict.events, verdict.lost) == (400, 0)
+
+
+@GUARANTEES
+async def test_adding_and_removing_an_input_topic_resubscribes(
+    bootstrap: str, uid: str, guarantee: str, tmp_path: Path
+) -> None:
+    old = make_settings(
+        bootstrap, uid, processing={"guarantee": guarantee}, http={"enabled": True, "port": 0}
+    )
+    billing = f"billing-{uid}"
+    doc = old.model_dump(mode="json", exclude_none=True)
+    doc["topics"][billing] = {"temperature": 3.0, "min_margin": 0.05}
+    new = Settings(**doc)
+    missing = f"missing-{uid}"
+    doc["topics"][missing] = {}
+    await create_all(new)
+    config = write_config(old, tmp_path / "worker.toml")
+    registry = CollectorRegistry()
+    async with http_worker(old, config, registry) as port:
+        await publish(old, 100, seed=1)
+        await wait_until_committed(old)
+        rebalances = sample(registry, "rebalances_total")
+
+        write_config(Settings(**doc), config)
+        status, body = await post_reload(port)
+        assert (status, body) == (
+            400,
+            f"refused: topics do not exist: {missing} (create them first)\n",
+        )
+
+        write_config(new, config)
+        assert await post_reload(port) == (200, f"applied {new.config_version}\n")
+        await traffic.produce(bootstrap, billing, traffic.synthetic(150, seed=3))
+        await publish(old, 100, seed=4)
+        await wait_until_committed(new)
+        assert sample(registry, "rebalances_total") > rebalances  # re-subscribing is a rebalance
+        assert sample(registry, "events_total", topic=billing, decision="routed") > 0
+
+        write_config(old, config)
+        assert await post_reload(port) == (200, f"applied {old.config_version}\n")
+        await publish(old, 100, seed=5)
+        await wait_until_committed(old)
+        assert sample(registry, "config_reloads_total", result="applied") == 2
+        assert sample(registry, "config_reloads_total", result="refused") == 1
+
+    outputs = await read_outputs(new)
+    docs = versions_by_partition(outputs)
+    billed = [doc for (topic, _), pairs in docs.items() if topic == billing for _, doc in pairs]
+    assert billed
+    assert {(d["config_version"], d["temperature"]) for d in billed} == {(new.config_version, 3.0)}
+    verdict = await audit(new)
+    assert (verdict.events, verdict.lost) == (750, 0)
+    if guarantee == "exactly_once":
+        assert verdict.duplicated == 0
