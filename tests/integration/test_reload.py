@@ -31,7 +31,8 @@ from tests.integration.helpers import (
     worker_log,
     write_config,
 )
-from tests.integration.test_pipeline import expected
+from tests.integration.test_pipeline import GUARANTEES, expected, publish_mixed
+from tests.unit.test_health import request
 from worker.core.settings import Settings
 from worker.devkit import traffic
 from worker.observability.health import HealthServer
@@ -40,8 +41,18 @@ from worker.stream.pipeline import Worker
 
 pytestmark = pytest.mark.integration
 
-GUARANTEES = pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 CHUNK = 60  # events per topic per round of live traffic
+
+
+def reloadable(bootstrap: str, uid: str, guarantee: str, **overrides: Any) -> Settings:
+    """The test's settings under ``guarantee``, with the HTTP server on a free port."""
+    return make_settings(
+        bootstrap,
+        uid,
+        processing={"guarantee": guarantee},
+        http={"enabled": True, "port": 0},
+        **overrides,
+    )
 
 
 def with_temperature(settings: Settings, topic: str, temperature: float) -> Settings:
@@ -63,10 +74,7 @@ async def live_traffic(settings: Settings) -> AsyncIterator[list[int]]:
 
     async def send() -> None:
         while not stop.is_set():
-            for n, topic in enumerate(sorted(settings.topics)):
-                classes = 3 if topic.startswith("support") else 2
-                events = traffic.synthetic(CHUNK, seed=rounds[0] * 10 + n, classes=classes)
-                await traffic.produce(settings.kafka.bootstrap_servers, topic, events)
+            await publish_mixed(settings, CHUNK, seed=rounds[0] * 10)
             rounds[0] += 1
             await asyncio.sleep(0.05)
 
@@ -80,16 +88,9 @@ async def live_traffic(settings: Settings) -> AsyncIterator[list[int]]:
 
 async def post_reload(port: int) -> tuple[int, str]:
     """``POST /-/reload``: the status code and the body."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-        await writer.drain()
-        data = await asyncio.wait_for(reader.read(), timeout=30)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
+    raw = b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    status, _, body = await request(port, raw)
+    return int(status.split()[1]), body.decode()
 
 
 @contextlib.asynccontextmanager
@@ -129,25 +130,24 @@ def versions_by_partition(outputs: Any) -> dict[tuple[str, int], list[tuple[int,
 async def test_a_reload_under_live_traffic_switches_version_at_one_offset_per_partition(
     bootstrap: str, uid: str, guarantee: str, tmp_path: Path
 ) -> None:
-    old = make_settings(
-        bootstrap, uid, processing={"guarantee": guarantee}, http={"enabled": True, "port": 0}
-    )
+    old = reloadable(bootstrap, uid, guarantee)
     support = support_topic(old)
     new = with_temperature(old, support, 1.9)
     assert new.config_version != old.config_version
     await create_all(old)
     config = write_config(old, tmp_path / "worker.toml")
     registry = CollectorRegistry()
-    async with http_worker(old, config, registry) as port, live_traffic(old):
-        await wait_for_progress(old, at_least=6 * CHUNK, timeout_s=60)
-        rebalances = sample(registry, "rebalances_total")
-        write_config(new, config)
-        status, body = await post_reload(port)
-        assert (status, body) == (200, f"applied {new.config_version}\n")
-        reloaded_at, _ = await committed_total(old)
-        await wait_for_progress(old, at_least=reloaded_at + 12 * CHUNK, timeout_s=60)
+    async with http_worker(old, config, registry) as port:
+        async with live_traffic(old):
+            await wait_for_progress(old, at_least=6 * CHUNK, timeout_s=60)
+            rebalances = sample(registry, "rebalances_total")
+            write_config(new, config)
+            status, body = await post_reload(port)
+            assert (status, body) == (200, f"applied {new.config_version}\n")
+            reloaded_at, _ = await committed_total(old)
+            await wait_for_progress(old, at_least=reloaded_at + 12 * CHUNK, timeout_s=60)
+        await wait_until_committed(old)  # what the traffic sent last, before the worker stops
         assert sample(registry, "rebalances_total") == rebalances
-    await wait_until_committed(old)
     assert sample(registry, "config_reloads_total", result="applied") == 1
     assert sample(registry, "policy_temperature", topic=support) == 1.9
 
@@ -182,13 +182,6 @@ def all_versions(outputs: Any) -> set[str]:
     return {orjson.loads(r.value)["config_version"] for r in [*outputs.routed, *outputs.escalated]}
 
 
-async def publish(settings: Settings, per_topic: int, seed: int) -> None:
-    for n, topic in enumerate(sorted(settings.topics)):
-        classes = 3 if topic.startswith("support") else 2
-        events = traffic.synthetic(per_topic, seed=seed + n, classes=classes)
-        await traffic.produce(settings.kafka.bootstrap_servers, topic, events)
-
-
 async def until_logged(config: Path, text: str, timeout_s: float = 30) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while text not in worker_log(config):
@@ -204,14 +197,14 @@ async def test_sighup_makes_a_worker_process_apply_the_changed_file(
     new = with_temperature(old, support_topic(old), 2.5)
     await create_all(old)
     config = write_config(old, tmp_path / "worker.toml")
-    await publish(old, 200, seed=1)
+    await publish_mixed(old, 200, seed=1)
     proc = start_worker(config)
     await wait_until_committed(old)
     before = await admin.end_offsets(old.kafka, old.topics)
     write_config(new, config)
     proc.send_signal(signal.SIGHUP)
     await until_logged(config, f"config reload (SIGHUP) applied: {old.config_version} -> ")
-    await publish(old, 200, seed=2)
+    await publish_mixed(old, 200, seed=2)
     await wait_until_committed(old)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0, worker_log(config)
@@ -228,24 +221,16 @@ async def test_sighup_makes_a_worker_process_apply_the_changed_file(
 async def test_a_bad_reload_changes_nothing_is_counted_and_answered_400(
     bootstrap: str, uid: str, guarantee: str, tmp_path: Path
 ) -> None:
-    settings = make_settings(
-        bootstrap, uid, processing={"guarantee": guarantee}, http={"enabled": True, "port": 0}
-    )
+    settings = reloadable(bootstrap, uid, guarantee)
     support = support_topic(settings)
     await create_all(settings)
     config = write_config(settings, tmp_path / "worker.toml")
     good = config.read_text()
     assert '"temperature" = 0.7' in good
-    regrouped = make_settings(
-        bootstrap,
-        uid,
-        processing={"guarantee": guarantee},
-        http={"enabled": True, "port": 0},
-        kafka={"group_id": f"other-{uid}"},
-    )
+    regrouped = reloadable(bootstrap, uid, guarantee, kafka={"group_id": f"other-{uid}"})
     registry = CollectorRegistry()
     async with http_worker(settings, config, registry) as port:
-        await publish(settings, 100, seed=1)
+        await publish_mixed(settings, 100, seed=1)
         await wait_until_committed(settings)
 
         config.write_text(good.replace('"temperature" = 0.7', '"temperature" = -1.0'))
@@ -262,7 +247,7 @@ async def test_a_bad_reload_changes_nothing_is_counted_and_answered_400(
         config.write_text(good)
         assert await post_reload(port) == (200, f"unchanged {settings.config_version}\n")
 
-        await publish(settings, 100, seed=2)
+        await publish_mixed(settings, 100, seed=2)
         await wait_until_committed(settings)
     assert sample(registry, "config_reloads_total", result="refused") == 2
     assert sample(registry, "config_reloads_total", result="unchanged") == 1
@@ -278,9 +263,7 @@ async def test_a_bad_reload_changes_nothing_is_counted_and_answered_400(
 async def test_adding_and_removing_an_input_topic_resubscribes(
     bootstrap: str, uid: str, guarantee: str, tmp_path: Path
 ) -> None:
-    old = make_settings(
-        bootstrap, uid, processing={"guarantee": guarantee}, http={"enabled": True, "port": 0}
-    )
+    old = reloadable(bootstrap, uid, guarantee)
     billing = f"billing-{uid}"
     doc = old.model_dump(mode="json", exclude_none=True)
     doc["topics"][billing] = {"temperature": 3.0, "min_margin": 0.05}
@@ -291,7 +274,7 @@ async def test_adding_and_removing_an_input_topic_resubscribes(
     config = write_config(old, tmp_path / "worker.toml")
     registry = CollectorRegistry()
     async with http_worker(old, config, registry) as port:
-        await publish(old, 100, seed=1)
+        await publish_mixed(old, 100, seed=1)
         await wait_until_committed(old)
         rebalances = sample(registry, "rebalances_total")
 
@@ -305,14 +288,14 @@ async def test_adding_and_removing_an_input_topic_resubscribes(
         write_config(new, config)
         assert await post_reload(port) == (200, f"applied {new.config_version}\n")
         await traffic.produce(bootstrap, billing, traffic.synthetic(150, seed=3))
-        await publish(old, 100, seed=4)
+        await publish_mixed(old, 100, seed=4)
         await wait_until_committed(new)
         assert sample(registry, "rebalances_total") > rebalances  # re-subscribing is a rebalance
         assert sample(registry, "events_total", topic=billing, decision="routed") > 0
 
         write_config(old, config)
         assert await post_reload(port) == (200, f"applied {old.config_version}\n")
-        await publish(old, 100, seed=5)
+        await publish_mixed(old, 100, seed=5)
         await wait_until_committed(old)
         assert sample(registry, "config_reloads_total", result="applied") == 2
         assert sample(registry, "config_reloads_total", result="refused") == 1
