@@ -8,13 +8,15 @@ changes what is read only at start, is refused and the running config stays. One
 reload, and ``logit_router_config_reloads_total{result}``.
 
 Adding or removing an input topic re-subscribes the consumer, which is a rebalance; a change of
-policies alone is not.
+policies alone is not. Optionally the file is watched (``watch``): a mounted Kubernetes
+ConfigMap changes under the worker, and no one sends it a signal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -45,6 +47,7 @@ class Reloader:
         self.on_applied = on_applied
         self.requested = asyncio.Event()  # what SIGHUP sets
         self._one_at_a_time = asyncio.Lock()
+        self._read = file_signature(path)  # the file as last read, for ``watch``
 
     async def reload(self, source: str) -> Outcome:
         """Read the config again and apply it if it can be; one log line says what happened."""
@@ -68,6 +71,7 @@ class Reloader:
 
     async def _reload(self) -> tuple[Outcome, Settings | None]:
         running = self.worker.settings
+        self._read = file_signature(self.path)
         try:
             new = load_settings(self.path)
         except ConfigError as exc:
@@ -99,9 +103,29 @@ class Reloader:
             self.requested.clear()
             await self.reload("SIGHUP")
 
+    async def watch(self, every_s: float) -> None:
+        """Reload when the file has changed since it was last read, looking every ``every_s``
+        seconds, until cancelled. A missing file is not a change (it is being replaced)."""
+        while True:
+            await asyncio.sleep(every_s)
+            seen = file_signature(self.path)
+            if seen is not None and seen != self._read:
+                await self.reload("file changed")
+
     async def http(self) -> tuple[bool, str]:
         """``POST /-/reload``: whether it was refused, and the one line to answer with."""
         outcome = await self.reload("POST /-/reload")
         if outcome.result == "refused":
             return False, "refused: " + outcome.detail.replace("\n", " ")
         return True, f"{outcome.result} {outcome.version}"
+
+
+def file_signature(path: Path | None) -> tuple[int, int, int] | None:
+    """What changes when the file is rewritten or replaced (a ConfigMap swaps a symlink)."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino

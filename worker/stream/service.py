@@ -70,11 +70,13 @@ async def serve(
     config_path: Path | None = None,
     reload_requested: asyncio.Event | None = None,
     on_applied: OnApplied | None = None,
+    watch_s: float | None = None,
 ) -> int:
     """Run the worker and its HTTP endpoints until ``stop``; return the exit status.
 
     A reload reads ``config_path`` and the environment again: when ``reload_requested`` is set
-    (by SIGHUP) and on ``POST /-/reload``; ``on_applied`` is called after each applied one."""
+    (by SIGHUP), on ``POST /-/reload``, and when the file changes if ``watch_s`` says how often
+    to look; ``on_applied`` is called after each applied one."""
     registry = registry if registry is not None else CollectorRegistry()
     worker = Worker(settings, Metrics(settings, registry))
     reloader = Reloader(config_path, worker, on_applied)
@@ -92,14 +94,17 @@ async def serve(
             return EXIT_FAILURE
     if on_ready is not None:
         on_ready(worker, http)
-    reloading = asyncio.create_task(reloader.on_signal())
+    reloading = [asyncio.create_task(reloader.on_signal())]
+    if watch_s is not None:
+        reloading.append(asyncio.create_task(reloader.watch(watch_s)))
     try:
         await worker.run(stop)
     except (FatalError, DrainTimeout) as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
     finally:
-        await cancelled(reloading)
+        for task in reloading:
+            await cancelled(task)
         if http is not None:
             await http.stop()
     log.info("stopped cleanly after %d records", worker.processed)
@@ -118,8 +123,10 @@ def run(
     settings: Settings,
     stop_requested: Callable[[], bool] = lambda: False,
     config_path: Path | None = None,
+    watch_s: float | None = None,
 ) -> int:
-    """The worker until a stop; ``config_path`` is the file a reload reads again."""
+    """The worker until a stop; ``config_path`` is the file a reload reads again, and
+    ``watch_s`` how often to look whether it changed (never when ``None``)."""
     tune_gc()
     if not aiokafka_c_extension():
         log.warning("aiokafka runs without its C extension: expect a much slower worker")
@@ -134,7 +141,11 @@ def run(
         if stop_requested():  # a signal came before the loop could take it
             stop.set()
         return await serve(
-            settings, stop, config_path=config_path, reload_requested=reload_requested
+            settings,
+            stop,
+            config_path=config_path,
+            reload_requested=reload_requested,
+            watch_s=watch_s,
         )
 
     return run_loop(main)
