@@ -86,3 +86,16 @@ async def test_the_hook_failing_does_not_undo_the_reload(tmp_path: Path) -> None
     outcome = await Reloader(path, worker, on_applied=hook).reload("test")
     assert (outcome.result, outcome.version) == ("applied", worker.settings.config_version)
     assert worker.router.policies["t"].temperature == 2.0
+
+
+async def test_a_stopping_worker_refuses_a_reload(tmp_path: Path) -> None:
+    path = tmp_path / "worker.toml"
+    path.write_text(CONFIG.format(t=0.7))
+    worker = worker_for(path)
+    worker._stop = asyncio.Event()
+    worker._stop.set()  # as the stop handlers do: the worker is draining
+    path.write_text(CONFIG.format(t=2.0))
+    outcome = await Reloader(path, worker).reload("SIGHUP")
+    assert (outcome.result, outcome.detail) == ("refused", "the worker is stopping")
+    assert worker.router.policies["t"].temperature == 0.7
+    assert reloads(worker, "refused") == 1

@@ -66,6 +66,7 @@ class Worker:
         self.batch_lock = asyncio.Lock()  # a batch being routed, or a rebalance
         self.started = False
         self.consumer: AIOKafkaConsumer | None = None  # once subscribed: a reload re-subscribes
+        self._stop: asyncio.Event | None = None
         self.assignment: frozenset[TopicPartition] = frozenset()
 
     @property
@@ -74,12 +75,18 @@ class Worker:
         return self.started and bool(self.assignment)
 
     @property
+    def stopping(self) -> bool:
+        """A stop was asked for: the worker drains and takes no new config."""
+        return self._stop is not None and self._stop.is_set()
+
+    @property
     def processed(self) -> int:
         """Outputs committed so far."""
         return self.guarantee.processed
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process until ``stop`` is set; raise ``FatalError`` or ``DrainTimeout`` on failure."""
+        self._stop = stop
         try:
             await self._run(stop)
         except StopRequested:
@@ -121,6 +128,8 @@ class Worker:
         async with self.batch_lock:
             if resubscribe:
                 await self.guarantee.finish_in_flight()
+            # The guarantee keeps the settings it started with: it reads only what a reload
+            # cannot change (kafka, processing, outputs).
             self.settings = settings
             self.router = router
             self.fitter.router = router

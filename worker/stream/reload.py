@@ -41,11 +41,17 @@ class Outcome(NamedTuple):
 
 
 class Reloader:
-    def __init__(self, path: Path | None, worker: Worker, on_applied: OnApplied | None = None):
+    def __init__(
+        self,
+        path: Path | None,
+        worker: Worker,
+        on_applied: OnApplied | None = None,
+        requested: asyncio.Event | None = None,
+    ):
         self.path = path
         self.worker = worker
         self.on_applied = on_applied
-        self.requested = asyncio.Event()  # what SIGHUP sets
+        self.requested = requested or asyncio.Event()  # what SIGHUP sets
         self._one_at_a_time = asyncio.Lock()
         self._read = file_signature(path)  # the file as last read, for ``watch``
 
@@ -71,6 +77,8 @@ class Reloader:
 
     async def _reload(self) -> tuple[Outcome, Settings | None]:
         running = self.worker.settings
+        if self.worker.stopping:  # a drain is never disturbed by a new config
+            return Outcome("refused", running.config_version, "the worker is stopping"), None
         self._read = file_signature(self.path)
         try:
             new = load_settings(self.path)

@@ -79,9 +79,7 @@ async def serve(
     to look; ``on_applied`` is called after each applied one."""
     registry = registry if registry is not None else CollectorRegistry()
     worker = Worker(settings, Metrics(settings, registry))
-    reloader = Reloader(config_path, worker, on_applied)
-    if reload_requested is not None:
-        reloader.requested = reload_requested
+    reloader = Reloader(config_path, worker, on_applied, reload_requested)
     http: HealthServer | None = None
     if settings.http.enabled:
         http = HealthServer(
