@@ -138,12 +138,15 @@ class Worker:
             if resubscribe and self.consumer is not None:
                 self._subscribe(self.consumer)
 
-    async def missing_inputs(self, settings: Settings) -> list[str]:
-        """The input topics of ``settings`` that do not exist; ``FatalError`` if that cannot be
-        told (or the worker is not subscribed yet)."""
+    async def inputs_refusal(self, settings: Settings) -> str | None:
+        """Why the input topics of ``settings`` cannot be subscribed to now, or ``None``."""
         if self.consumer is None:
-            raise FatalError("the worker is still starting")
-        return await _missing(self.consumer, set(settings.topics))
+            return "the worker is still starting"
+        try:
+            missing = await _missing(self.consumer, set(settings.topics))
+        except FatalError as exc:
+            return str(exc)
+        return _absent(missing) if missing else None
 
     async def _close_consumer(self, consumer: AIOKafkaConsumer) -> None:
         self.started = False
@@ -156,7 +159,7 @@ class Worker:
         needed = {*self.inputs, outputs.routed, outputs.escalated, outputs.dead_letter}
         missing = await _missing(consumer, needed)
         if missing:
-            raise FatalError(f"topics do not exist: {', '.join(missing)} (create them first)")
+            raise FatalError(_absent(missing))
 
     async def _loop(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         processing = self.settings.processing
@@ -308,6 +311,10 @@ async def _missing(consumer: AIOKafkaConsumer, topics: set[str]) -> list[str]:
     except KafkaError as exc:
         raise FatalError(f"cannot list topics: {type(exc).__name__}: {exc}") from None
     return sorted(topics - existing)
+
+
+def _absent(topics: list[str]) -> str:
+    return f"topics do not exist: {', '.join(topics)} (create them first)"
 
 
 async def cancelled(task: asyncio.Task[Any]) -> None:

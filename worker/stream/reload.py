@@ -25,7 +25,6 @@ from worker.core.changes import Result, compare
 from worker.core.errors import ConfigError
 from worker.core.records import Router
 from worker.core.settings import Settings, load_settings
-from worker.stream.connections import FatalError
 from worker.stream.pipeline import Worker
 
 log = logging.getLogger(__name__)
@@ -77,9 +76,9 @@ class Reloader:
 
     async def _reload(self) -> tuple[Outcome, Settings | None]:
         running = self.worker.settings
+        self._read = file_signature(self.path)
         if self.worker.stopping:  # a drain is never disturbed by a new config
             return Outcome("refused", running.config_version, "the worker is stopping"), None
-        self._read = file_signature(self.path)
         try:
             new = load_settings(self.path)
         except ConfigError as exc:
@@ -89,14 +88,9 @@ class Reloader:
             return Outcome("refused", running.config_version, change.refusal()), None
         if change.result == "unchanged":
             return Outcome("unchanged", running.config_version, "no change"), None
-        if change.resubscribes:
-            try:
-                missing = await self.worker.missing_inputs(new)
-            except FatalError as exc:
-                return Outcome("refused", running.config_version, str(exc)), None
-            if missing:
-                why = f"topics do not exist: {', '.join(missing)} (create them first)"
-                return Outcome("refused", running.config_version, why), None
+        why_not = await self.worker.inputs_refusal(new) if change.resubscribes else None
+        if why_not is not None:
+            return Outcome("refused", running.config_version, why_not), None
         router = Router(new)  # built before the lock: a batch waits only for the swap
         await self.worker.apply(new, router, resubscribe=change.resubscribes)
         detail = "; ".join(change.routing)
