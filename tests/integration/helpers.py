@@ -65,11 +65,12 @@ async def create_all(settings: Settings, partitions: int = 3) -> None:
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    settings: Settings, registry: CollectorRegistry | None = None
+    settings: Settings, registry: CollectorRegistry | None = None, **serve_args: Any
 ) -> AsyncIterator[asyncio.Event]:
-    """An in-process worker; leaving the block stops it gracefully and checks it exited 0."""
+    """An in-process worker (``serve_args`` go to ``serve``); leaving the block stops it
+    gracefully and checks it exited 0."""
     stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, stop, registry=registry))
+    task = asyncio.create_task(serve(settings, stop, registry=registry, **serve_args))
     try:
         yield stop
     finally:

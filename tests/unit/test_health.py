@@ -123,3 +123,43 @@ async def test_loopback_by_default_and_the_real_port_when_0_is_asked() -> None:
         assert (await get(http.port, "/healthz"))[0] == "HTTP/1.1 200 OK"
     finally:
         await http.stop()
+
+
+async def test_post_reload_answers_with_what_the_reload_said_and_ignores_the_body() -> None:
+    answers = [(True, "applied sha256:abc"), (False, "refused: needs a restart: kafka.group_id")]
+    calls = 0
+
+    async def reload() -> tuple[bool, str]:
+        nonlocal calls
+        calls += 1
+        return answers[calls - 1]
+
+    http = HealthServer(CollectorRegistry(), lambda: True, "127.0.0.1", 0, reload)
+    await http.start()
+    try:
+        body = b'{"ignored": true}'
+        raw = b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (
+            len(body),
+            body,
+        )
+        status, headers, got = await request(http.port, raw)
+        assert (status, got) == ("HTTP/1.1 200 OK", b"applied sha256:abc\n")
+        assert headers["Content-Type"] == "text/plain"
+        status, _, got = await get(http.port, "/-/reload", method="POST")
+        assert status == "HTTP/1.1 400 Bad Request"
+        assert got == b"refused: needs a restart: kafka.group_id\n"
+        # Only POST reloads, and only that path takes a POST.
+        assert (await get(http.port, "/-/reload"))[0] == "HTTP/1.1 404 Not Found"
+        assert (await get(http.port, "/healthz", method="POST"))[0] == (
+            "HTTP/1.1 405 Method Not Allowed"
+        )
+        assert calls == 2
+    finally:
+        await http.stop()
+
+
+async def test_without_a_reload_post_is_refused() -> None:
+    async with serving() as (http, _):
+        assert (await get(http.port, "/-/reload", method="POST"))[0] == (
+            "HTTP/1.1 405 Method Not Allowed"
+        )

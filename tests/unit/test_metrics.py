@@ -255,7 +255,7 @@ async def test_a_failed_lag_refresh_is_logged_and_the_refreshes_go_on(
             await third.wait()
         assert not task.done()
     finally:
-        await pipeline._cancelled(task)
+        await pipeline.cancelled(task)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == ["consumer lag not refreshed: RuntimeError: no position yet"]
 
@@ -292,3 +292,28 @@ def test_the_exposition_of_a_busy_worker_passes_promtool_check_metrics() -> None
     for line in text.splitlines():
         if line.startswith("# TYPE") and line.endswith(" counter"):
             assert line.split()[2].endswith("_total"), line
+
+
+def test_after_a_reload_the_config_series_follow_the_new_config() -> None:
+    registry = CollectorRegistry()
+    old = Settings(topics={"a": {"temperature": 0.7, "min_top1": 0.5}})
+    metrics = Metrics(old, registry)
+    metrics._events["a", "routed"].inc(4)
+    new = Settings(topics={"b": {"temperature": 1.5}})
+    metrics.configure(new)
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value("logit_router_" + name, labels)
+
+    assert value("build_info", version=__version__, config_version=new.config_version,
+                 hot_path="compiled" if native.in_use(new) else "python") == 1  # fmt: skip
+    assert value("build_info", version=__version__, config_version=old.config_version,
+                 hot_path="compiled" if native.in_use(old) else "python") is None  # fmt: skip
+    assert value("policy_temperature", topic="b") == 1.5
+    assert value("policy_temperature", topic="a") is None  # no longer a policy
+    assert value("policy_min_top1", topic="a") is None
+    assert value("events_total", topic="b", decision="routed") == 0  # a new topic reads 0
+    assert value("margin_count", topic="b") == 0
+    assert value("events_total", topic="a", decision="routed") == 4  # counts are kept
+    for result in ("applied", "refused", "unchanged"):
+        assert value("config_reloads_total", result=result) == 0

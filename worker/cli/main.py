@@ -85,6 +85,13 @@ def _add_run(sub: argparse._SubParsersAction[Parser]) -> None:
         default=None,
         help="instead of log.level; DEBUG also shows the Kafka client's own lines",
     )
+    p.add_argument(
+        "--watch-config",
+        type=positive_int,
+        default=None,
+        metavar="SECONDS",
+        help="also reload when the file changes, looking this often (a mounted ConfigMap)",
+    )
     p.set_defaults(handler=_run)
 
 
@@ -94,6 +101,8 @@ def _run(args: argparse.Namespace) -> int:
     early: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: early.append(signum))
+    # A reload asked for this early is moot (the config is about to be read); not a stop.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from worker.core.settings import load_settings
     from worker.observability import logs
 
@@ -101,7 +110,12 @@ def _run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level or settings.log.level, settings.log.format)
     from worker.stream.service import run
 
-    return run(settings, stop_requested=lambda: bool(early))
+    return run(
+        settings,
+        stop_requested=lambda: bool(early),
+        config_path=args.config,
+        watch_s=args.watch_config,
+    )
 
 
 def _add_demo(sub: argparse._SubParsersAction[Parser]) -> None:

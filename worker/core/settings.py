@@ -37,6 +37,7 @@ from worker.core.routing import Policy
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
 ENV_PREFIX = "LOGIT_ROUTER_"
+MASK = "'**********'"  # what a secret's value is shown as
 
 
 # Numbers and switches are strict (StrictInt, StrictFloat, StrictBool): in the file, a bool or a
@@ -480,7 +481,7 @@ def describe_validation_error(exc: ValidationError) -> str:
         # A misspelt secret field (``sasl_pasword``) is unknown, but its value is still a secret.
         unknown = err["type"] == "extra_forbidden"
         masked = _looks_secret(where) or (unknown and _may_be_secret(where))
-        shown = "'**********'" if masked else _short(value)
+        shown = MASK if masked else short_value(value)
         # A rule's own ValueError text, without pydantic's "Value error, " in front of it.
         message = err["msg"].removeprefix("Value error, ")
         lines.append(f"{where} = {shown}: {message}")
@@ -496,7 +497,7 @@ def _may_be_secret(where: str) -> bool:
     return any(word in name for word in ("pas", "pw", "secret", "token", "key", "cred", "auth"))
 
 
-def _short(value: Any) -> str:
+def short_value(value: Any) -> str:
     if isinstance(value, Mapping):
         return "{…}"
     text = repr(value)

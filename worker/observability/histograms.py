@@ -42,9 +42,16 @@ class BatchHistogram:
         self.documentation = documentation
         self._bounds = np.array(bounds)
         self._le: list[str] = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
-        self._counts = {t: np.zeros(len(bounds), dtype=np.int64) for t in topics}
-        self._sums = dict.fromkeys(topics, 0.0)
+        self._counts: dict[str, np.ndarray] = {}
+        self._sums: dict[str, float] = {}
+        self.add_topics(topics)
         registry.register(self)
+
+    def add_topics(self, topics: Sequence[str]) -> None:
+        """A child for each topic not seen before, reading 0 (a reload may add topics)."""
+        for t in topics:
+            self._counts.setdefault(t, np.zeros(len(self._bounds), dtype=np.int64))
+            self._sums.setdefault(t, 0.0)
 
     def observe_many(self, topic: str, values: Sequence[float] | np.ndarray) -> None:
         """Add a batch of values (finite or infinite, never NaN) to the topic's histogram."""

@@ -26,6 +26,7 @@ from prometheus_client import (
 
 from worker import __version__
 from worker.core import native
+from worker.core.changes import RESULTS
 from worker.core.events import Reason
 from worker.core.records import Kind, Outbound, WriteRefusal
 from worker.core.routing import EscalationReason
@@ -155,13 +156,6 @@ class Metrics:
             "Worker version, hash of its routing config, its hot path (compiled or python).",
             registry=registry,
         )
-        self.info.info(
-            {
-                "version": __version__,
-                "config_version": settings.config_version,
-                "hot_path": "compiled" if native.in_use(settings) else "python",
-            }
-        )
         # The policy of each topic, so a dashboard can draw the threshold over the distribution.
         self.policy_temperature = Gauge(
             p + "policy_temperature", "Softmax temperature configured for the input topic.",
@@ -176,19 +170,46 @@ class Metrics:
             "Top-1 probability below which an event is escalated (topics that set one).",
             ["topic"], registry=registry,
         )  # fmt: skip
+        self.config_reloads = Counter(
+            p + "config_reloads_total",
+            "Reloads of the config (SIGHUP, POST /-/reload), by result.",
+            ["result"], registry=registry,
+        )  # fmt: skip
+        for result in RESULTS:
+            self.config_reloads.labels(result)
+        self._events: dict[tuple[str, str], Counter] = {}
+        self._escalations: dict[tuple[str, str], Counter] = {}
+        self._dead_letters: dict[tuple[str, str], Counter] = {}
+        self.configure(settings)
+
+    def configure(self, settings: Settings) -> None:
+        """The series that follow the config: at start, and after each applied reload (a new
+        topic's series read 0 from then on; a removed topic's counters are kept)."""
+        topics = sorted(settings.topics)
+        self.info.info(
+            {
+                "version": __version__,
+                "config_version": settings.config_version,
+                "hot_path": "compiled" if native.in_use(settings) else "python",
+            }
+        )
+        for gauge in (self.policy_temperature, self.policy_min_margin, self.policy_min_top1):
+            gauge.clear()
         for topic, tp in settings.topics.items():
             self.policy_temperature.labels(topic).set(tp.temperature)
             self.policy_min_margin.labels(topic).set(tp.min_margin)
             if tp.min_top1 is not None:
                 self.policy_min_top1.labels(topic).set(tp.min_top1)
+        for histogram in (self.margin, self.top1, self.entropy, self.latency):
+            histogram.add_topics(topics)
         # Every child up front (so it reads 0), kept by key for the per-batch update.
-        self._events = {(t, d): self.events.labels(t, d) for t in topics for d in DECISIONS}
-        self._escalations = {
-            (t, r): self.escalations.labels(t, r) for t in topics for r in ESCALATION_REASONS
-        }
-        self._dead_letters = {
-            (t, r): self.dead_letters.labels(t, r) for t in topics for r in DEAD_LETTER_REASONS
-        }
+        for t in topics:
+            for d in DECISIONS:
+                self._events.setdefault((t, d), self.events.labels(t, d))
+            for r in ESCALATION_REASONS:
+                self._escalations.setdefault((t, r), self.escalations.labels(t, r))
+            for r in DEAD_LETTER_REASONS:
+                self._dead_letters.setdefault((t, r), self.dead_letters.labels(t, r))
 
     def record_outputs(self, outputs: Sequence[Outbound], acked_at: float | None = None) -> None:
         """Count a batch whose outputs are acknowledged; observe scores and latency.

@@ -99,6 +99,11 @@ class Guarantee(ABC):
     def in_flight(self) -> list[asyncio.Task[set[TopicPartition]]]:
         return [task for task, _ in self._in_flight]
 
+    async def finish_in_flight(self) -> None:
+        """Wait until every batch in flight has settled (the loop collects the outcomes)."""
+        if self._in_flight:
+            await asyncio.wait(self.in_flight())
+
     async def abandon(self) -> None:
         """Cancel what is still in flight (failing or out of time): its offsets stay
         uncommitted and are redelivered."""
@@ -111,8 +116,7 @@ class Guarantee(ABC):
     async def revoke(self, tps: Iterable[TopicPartition]) -> None:
         """Before partitions are given up: finish what is in flight, so finished work is
         committed by the owner that did it. (The loop collects the outcomes.)"""
-        if self._in_flight:
-            await asyncio.wait(self.in_flight())
+        await self.finish_in_flight()
 
     async def assign(self, tps: Iterable[TopicPartition]) -> None:  # noqa: B027 - optional
         """Newly assigned partitions, before any of their records is processed."""

@@ -65,6 +65,8 @@ class Worker:
         self.guarantee = GUARANTEES[settings.processing.guarantee](settings, metrics, self.fitter)
         self.batch_lock = asyncio.Lock()  # a batch being routed, or a rebalance
         self.started = False
+        self.consumer: AIOKafkaConsumer | None = None  # once subscribed: a reload re-subscribes
+        self._stop: asyncio.Event | None = None
         self.assignment: frozenset[TopicPartition] = frozenset()
 
     @property
@@ -73,12 +75,18 @@ class Worker:
         return self.started and bool(self.assignment)
 
     @property
+    def stopping(self) -> bool:
+        """A stop was asked for: the worker drains and takes no new config."""
+        return self._stop is not None and self._stop.is_set()
+
+    @property
     def processed(self) -> int:
         """Outputs committed so far."""
         return self.guarantee.processed
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process until ``stop`` is set; raise ``FatalError`` or ``DrainTimeout`` on failure."""
+        self._stop = stop
         try:
             await self._run(stop)
         except StopRequested:
@@ -93,11 +101,11 @@ class Worker:
             await start_within(consumer, kafka, "consumer", stop)
             await self._check_topics(consumer)
             await self.fitter.refresh()
-            consumer.subscribe(self.inputs, listener=_Listener(self))
+            self._subscribe(consumer)
             lag = asyncio.create_task(self._refresh_lag(consumer))
-            stack.push_async_callback(_cancelled, lag)  # before the consumer closes
+            stack.push_async_callback(cancelled, lag)  # before the consumer closes
             refresh = _every(lambda: LIMITS_REFRESH_S, "topic limits", self.fitter.refresh)
-            stack.push_async_callback(_cancelled, asyncio.create_task(refresh))
+            stack.push_async_callback(cancelled, asyncio.create_task(refresh))
             self.started = True
             log.info(
                 "worker started: inputs=%s group=%s guarantee=%s hot_path=%s config_version=%s",
@@ -109,21 +117,49 @@ class Worker:
             )
             await self._loop(consumer, stop)
 
+    def _subscribe(self, consumer: AIOKafkaConsumer) -> None:
+        consumer.subscribe(self.inputs, listener=_Listener(self))
+        self.consumer = consumer
+
+    async def apply(self, settings: Settings, router: Router, *, resubscribe: bool) -> None:
+        """Route with ``settings`` (its ``router``) from the next batch on: the batch in hand
+        finishes with the old one. ``resubscribe`` when the input topics change: work in flight
+        is committed first, then the new subscription makes the group rebalance."""
+        async with self.batch_lock:
+            if resubscribe:
+                await self.guarantee.finish_in_flight()
+            # The guarantee keeps the settings it started with: it reads only what a reload
+            # cannot change (kafka, processing, outputs).
+            self.settings = settings
+            self.router = router
+            self.fitter.router = router
+            self.inputs = sorted(settings.topics)
+            self.metrics.configure(settings)
+            if resubscribe and self.consumer is not None:
+                self._subscribe(self.consumer)
+
+    async def inputs_refusal(self, settings: Settings) -> str | None:
+        """Why the input topics of ``settings`` cannot be subscribed to now, or ``None``."""
+        if self.consumer is None:
+            return "the worker is still starting"
+        try:
+            missing = await _missing(self.consumer, set(settings.topics))
+        except FatalError as exc:
+            return str(exc)
+        return _absent(missing) if missing else None
+
     async def _close_consumer(self, consumer: AIOKafkaConsumer) -> None:
         self.started = False
+        self.consumer = None
         await consumer.stop()  # leaves the group at once, so partitions move without delay
 
     async def _check_topics(self, consumer: AIOKafkaConsumer) -> None:
         """Refuse to start without our topics: the worker never creates them."""
         outputs = self.settings.outputs
         needed = {*self.inputs, outputs.routed, outputs.escalated, outputs.dead_letter}
-        try:
-            existing: set[str] = await consumer.topics()
-        except KafkaError as exc:
-            raise FatalError(f"cannot list topics: {type(exc).__name__}: {exc}") from None
-        missing = sorted(needed - existing)
+        missing = await _missing(consumer, needed)
         if missing:
-            raise FatalError(f"topics do not exist: {', '.join(missing)} (create them first)")
+            raise FatalError(_absent(missing))
 
     async def _loop(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         processing = self.settings.processing
@@ -247,7 +283,7 @@ async def _finish_within(task: asyncio.Task[Any], stop: asyncio.Event, drain: _D
     if not task.done():
         done, _ = await asyncio.wait({task}, timeout=drain.remaining())
         if not done:
-            await _cancelled(task)
+            await cancelled(task)
             raise DrainTimeout(
                 f"the batches in hand did not finish within {drain.bound_s:g}s; "
                 "their offsets stay uncommitted and will be redelivered"
@@ -268,7 +304,20 @@ async def _every(
             log.warning("%s not refreshed: %s: %s", what, type(exc).__name__, exc)
 
 
-async def _cancelled(task: asyncio.Task[Any]) -> None:
+async def _missing(consumer: AIOKafkaConsumer, topics: set[str]) -> list[str]:
+    """Which of ``topics`` the brokers do not have."""
+    try:
+        existing: set[str] = await consumer.topics()
+    except KafkaError as exc:
+        raise FatalError(f"cannot list topics: {type(exc).__name__}: {exc}") from None
+    return sorted(topics - existing)
+
+
+def _absent(topics: list[str]) -> str:
+    return f"topics do not exist: {', '.join(topics)} (create them first)"
+
+
+async def cancelled(task: asyncio.Task[Any]) -> None:
     """Cancel ``task`` and wait until it has finished, whatever it ended with."""
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)

@@ -2,7 +2,9 @@
 
 Signal handlers only set state (as uvicorn does): the first SIGTERM or SIGINT asks for a
 graceful stop (stop fetching, finish and commit the batch in hand, close), a second one forces
-the exit. Containers send SIGTERM, and ``asyncio.run`` alone handles only SIGINT.
+the exit. Containers send SIGTERM, and ``asyncio.run`` alone handles only SIGINT. SIGHUP asks
+for a reload of the config (``worker.stream.reload``), as does ``POST /-/reload``; a reload
+never stops or shortens a drain.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -21,7 +24,8 @@ from worker.core.settings import Settings
 from worker.observability.health import HealthServer
 from worker.observability.metrics import Metrics
 from worker.stream.connections import FatalError, aiokafka_c_extension
-from worker.stream.pipeline import DrainTimeout, Worker
+from worker.stream.pipeline import DrainTimeout, Worker, cancelled
+from worker.stream.reload import OnApplied, Reloader
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +57,34 @@ def install_stop_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, handle, sig)
 
 
+def install_reload_handler(requested: asyncio.Event) -> None:
+    """SIGHUP sets ``requested``; the reload runs in the worker's own task."""
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, requested.set)
+
+
 async def serve(
     settings: Settings,
     stop: asyncio.Event,
     registry: CollectorRegistry | None = None,
     on_ready: Callable[[Worker, HealthServer | None], None] | None = None,
+    config_path: Path | None = None,
+    reload_requested: asyncio.Event | None = None,
+    on_applied: OnApplied | None = None,
+    watch_s: float | None = None,
 ) -> int:
-    """Run the worker and its HTTP endpoints until ``stop``; return the exit status."""
+    """Run the worker and its HTTP endpoints until ``stop``; return the exit status.
+
+    A reload reads ``config_path`` and the environment again: when ``reload_requested`` is set
+    (by SIGHUP), on ``POST /-/reload``, and when the file changes if ``watch_s`` says how often
+    to look; ``on_applied`` is called after each applied one."""
     registry = registry if registry is not None else CollectorRegistry()
     worker = Worker(settings, Metrics(settings, registry))
+    reloader = Reloader(config_path, worker, on_applied, reload_requested)
     http: HealthServer | None = None
     if settings.http.enabled:
-        http = HealthServer(registry, lambda: worker.ready, settings.http.host, settings.http.port)
+        http = HealthServer(
+            registry, lambda: worker.ready, settings.http.host, settings.http.port, reloader.http
+        )
         try:
             await http.start()
         except OSError as exc:
@@ -72,12 +92,17 @@ async def serve(
             return EXIT_FAILURE
     if on_ready is not None:
         on_ready(worker, http)
+    reloading = [asyncio.create_task(reloader.on_signal())]
+    if watch_s is not None:
+        reloading.append(asyncio.create_task(reloader.watch(watch_s)))
     try:
         await worker.run(stop)
     except (FatalError, DrainTimeout) as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
     finally:
+        for task in reloading:
+            await cancelled(task)
         if http is not None:
             await http.stop()
     log.info("stopped cleanly after %d records", worker.processed)
@@ -92,7 +117,14 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-def run(settings: Settings, stop_requested: Callable[[], bool] = lambda: False) -> int:
+def run(
+    settings: Settings,
+    stop_requested: Callable[[], bool] = lambda: False,
+    config_path: Path | None = None,
+    watch_s: float | None = None,
+) -> int:
+    """The worker until a stop; ``config_path`` is the file a reload reads again, and
+    ``watch_s`` how often to look whether it changed (never when ``None``)."""
     tune_gc()
     if not aiokafka_c_extension():
         log.warning("aiokafka runs without its C extension: expect a much slower worker")
@@ -102,8 +134,16 @@ def run(settings: Settings, stop_requested: Callable[[], bool] = lambda: False) 
     async def main() -> int:
         stop = asyncio.Event()
         install_stop_handlers(stop)
+        reload_requested = asyncio.Event()
+        install_reload_handler(reload_requested)
         if stop_requested():  # a signal came before the loop could take it
             stop.set()
-        return await serve(settings, stop)
+        return await serve(
+            settings,
+            stop,
+            config_path=config_path,
+            reload_requested=reload_requested,
+            watch_s=watch_s,
+        )
 
     return run_loop(main)
