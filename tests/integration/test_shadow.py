@@ -12,14 +12,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.integration.helpers import (
-    create_all,
-    make_settings,
-    read_inputs,
-    read_outputs,
-    running_worker,
-    wait_until_committed,
-)
+from tests.integration import helpers
 from tests.schemas import check_output
 from worker.core.routing import Policy, audit_sampled, audit_threshold, route
 from worker.devkit import traffic
@@ -36,22 +29,22 @@ async def test_a_shadow_and_an_audit_sample_are_published_and_counted(
 ) -> None:
     support = f"support-{uid}"
     live: dict[str, Any] = {"temperature": 0.7, "min_margin": 0.15, "labels": ["a", "b", "c"]}
-    settings = make_settings(
+    settings = helpers.make_settings(
         bootstrap,
         uid,
         topics={support: {**live, "shadow": SHADOW, "audit_sample_rate": RATE}},
     )
-    await create_all(settings)
+    await helpers.create_all(settings)
     events = traffic.synthetic(4000, seed=22, classes=3, malformed_rate=0.02)
     sent = await traffic.produce(bootstrap, support, events)
     fraud = traffic.synthetic(500, seed=23, classes=2, malformed_rate=0.0)
     sent += await traffic.produce(bootstrap, f"fraud-{uid}", fraud)
     registry = CollectorRegistry()
-    async with running_worker(settings, registry):
-        await wait_until_committed(settings)
-    inputs = {(r.topic, r.partition, r.offset): r for r in await read_inputs(settings)}
+    async with helpers.running_worker(settings, registry):
+        await helpers.wait_until_committed(settings)
+    inputs = {(r.topic, r.partition, r.offset): r for r in await helpers.read_inputs(settings)}
     assert len(inputs) == sent
-    outputs = await read_outputs(settings)
+    outputs = await helpers.read_outputs(settings)
 
     # Written out here: the policies as the config above states them.
     live_policy = Policy(live["temperature"], live["min_margin"], None, ("a", "b", "c"))
