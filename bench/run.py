@@ -34,7 +34,7 @@ CONTENDERS = {
         # What a shadow policy and the audit sample cost, beside (b).
         Contender(
             "worker_shadow",
-            "(b+s) worker, shadow + audit sample",
+            "(bs) worker, shadow+sample",
             "worker",
             {"guarantee": "at_least_once"},
             policy=SHADOW_AND_SAMPLE,
