@@ -23,8 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from aiokafka.partitioner import murmur2
-
 Decision = Literal["routed", "escalated"]
 EscalationReason = Literal["low_margin", "low_top1", "audit_sample"]
 # Escalated for review though its policy would route it (``Policy.audit_sample_rate``).
@@ -179,8 +177,16 @@ def audit_threshold(rate: float) -> float:
 def audit_sampled(event_id: str, threshold: float) -> bool:
     """Whether the event with this id is in the audit sample (``threshold``: see above)."""
     # Surrogates cannot reach here (orjson refuses them); "surrogatepass" only keeps it total.
-    h: int = murmur2(event_id.encode("utf-8", "surrogatepass")) & (AUDIT_HASH_RANGE - 1)
+    h = _murmur2(event_id.encode("utf-8", "surrogatepass")) & (AUDIT_HASH_RANGE - 1)
     return h < threshold
+
+
+def _murmur2(data: bytes) -> int:
+    # Imported on first use: `logit-router score` never samples, and starts without aiokafka.
+    from aiokafka.partitioner import murmur2
+
+    h: int = murmur2(data)
+    return h
 
 
 def decide(
