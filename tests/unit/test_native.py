@@ -15,6 +15,7 @@ import math
 import os
 import struct
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -260,6 +261,15 @@ def test_a_field_added_to_the_template_reaches_the_compiled_path_unchanged() -> 
 def test_a_per_record_value_it_cannot_compute_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match='no per-record value named "colour"'):
         _with_field("colour", Slot("colour"))
+    # A shadow block in the template needs a shadow policy to fill it, and the other way round.
+    shadowed = FAST.policies["both"]
+    fields = output_template("both", shadowed, "v")
+    unshadowed = replace(shadowed, shadow=None)
+    with pytest.raises(ValueError, match="shadow slots without a shadow policy"):
+        native.topics({"t": unshadowed}, {"t": fields}, max_bytes=4096, max_classes=10)
+    fields = output_template("both", unshadowed, "v")
+    with pytest.raises(ValueError, match="or one without them"):
+        native.topics({"t": shadowed}, {"t": fields}, max_bytes=4096, max_classes=10)
     limits = {"max_bytes": 1, "max_classes": 2, "min_classes": 2, "max_id_chars": 1}
     with pytest.raises(ValueError, match="one piece more than slots"):
         ext.Topic(
