@@ -36,6 +36,7 @@ class Contender:
     kind: str  # raw | worker | quix
     processing: dict[str, Any] = field(default_factory=dict)
     processes: int = 1  # child processes in the contender's one consumer group (replicas)
+    policy: dict[str, Any] = field(default_factory=dict)  # added to every input's policy
 
 
 @dataclass
@@ -110,7 +111,9 @@ async def run_contender(run: Run, c: Contender, rate: float | None) -> dict[str,
         "kind": c.kind,
         "bootstrap": run.bootstrap,
         "group": f"{prefix}-group",
-        "inputs": {t: POLICIES[w] for t, w in {**run.inputs, **latency_inputs}.items()},
+        "inputs": {
+            t: {**POLICIES[w], **c.policy} for t, w in {**run.inputs, **latency_inputs}.items()
+        },
         "outputs": outputs,
         "kafka": run.kafka,
         "processing": {**run.processing, **c.processing},

@@ -23,7 +23,7 @@ from bench import measure, report
 from bench.contender import INPUT_CONFIG, Contender, Run, create_topics, run_contender
 from bench.env import environment
 from bench.load import prefill
-from bench.spec import WIDTHS
+from bench.spec import SHADOW_AND_SAMPLE, WIDTHS
 from worker.cli.common import positive_int
 
 CONTENDERS = {
@@ -31,6 +31,14 @@ CONTENDERS = {
     for c in (
         Contender("worker", "(b) worker, at-least-once", "worker", {"guarantee": "at_least_once"}),
         Contender("raw", "(a) raw aiokafka pipe", "raw"),
+        # What a shadow policy and the audit sample cost, beside (b).
+        Contender(
+            "worker_shadow",
+            "(bs) worker, shadow+sample",
+            "worker",
+            {"guarantee": "at_least_once"},
+            policy=SHADOW_AND_SAMPLE,
+        ),
         Contender(
             "worker_eos", "(c) worker, exactly-once", "worker", {"guarantee": "exactly_once"}
         ),

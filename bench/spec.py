@@ -28,6 +28,14 @@ POLICIES: dict[int, dict[str, Any]] = {
 }
 
 
+# Added to every input's policy by the contender that measures what a shadow and the audit sample
+# cost: one more softmax per event, and a hash of the id per event the live policy routes.
+SHADOW_AND_SAMPLE: dict[str, Any] = {
+    "shadow": {"temperature": 1.2, "min_margin": 0.1, "min_top1": 0.3},
+    "audit_sample_rate": 0.05,
+}
+
+
 class Spec(TypedDict):
     kind: str  # raw | worker | quix
     bootstrap: str

@@ -10,6 +10,9 @@ class Topic:
         min_top1: float | None,
         labels: list[bytes] | None,
         *,
+        audit_threshold: float,
+        shadow: tuple[float, float] | None,
+        shadow_min_top1: float | None,
         max_bytes: int,
         max_classes: int,
         min_classes: int,
@@ -26,7 +29,7 @@ def route_many(
     partitions: list[int],
     offsets: list[int],
     timestamps: list[int | None],
-) -> list[tuple[bytes, bool, str | None, float, float, float] | None]: ...
+) -> list[tuple[bytes, bool, str | None, float, float, float, bool | None] | None]: ...
 def partition_index(key: bytes, partitions: int) -> int: ...
 def fsum(values: list[float]) -> float: ...
 def format_float(v: float) -> bytes: ...

@@ -10,6 +10,8 @@
 
 /// What routing needs from an accepted event.
 pub struct Event<'a> {
+    /// The id's UTF-8 bytes, without quotes (no escapes: those are declined).
+    pub id: &'a [u8],
     pub logits: Vec<f64>,
     /// Each label as its JSON string, quotes included (no escapes: those are declined).
     pub labels: Option<Vec<&'a [u8]>>,
@@ -258,7 +260,7 @@ pub fn read_event<'a>(raw: &'a [u8], rules: &Rules, out: &mut Vec<u8>) -> Option
     let mut keys: Vec<&[u8]> = Vec::with_capacity(8);
     let mut logits: Option<Vec<f64>> = None;
     let mut labels: Option<Vec<&[u8]>> = None;
-    let mut has_id = false;
+    let mut id: Option<&[u8]> = None;
     loop {
         if !keys.is_empty() {
             out.push(b',');
@@ -282,7 +284,7 @@ pub fn read_event<'a>(raw: &'a [u8], rules: &Rules, out: &mut Vec<u8>) -> Option
                 if !(1..=rules.max_id_chars).contains(&chars) {
                     return None;
                 }
-                has_id = true;
+                id = Some(&s[1..s.len() - 1]);
             }
             b"logits" => {
                 let mut v = Vec::new();
@@ -331,9 +333,10 @@ pub fn read_event<'a>(raw: &'a [u8], rules: &Rules, out: &mut Vec<u8>) -> Option
         }
     }
     r.ws();
-    if r.i != raw.len() || !has_id {
+    if r.i != raw.len() {
         return None;
     }
+    let id = id?;
     let logits = logits?;
     if logits.len() < rules.min_classes {
         return None;
@@ -343,7 +346,7 @@ pub fn read_event<'a>(raw: &'a [u8], rules: &Rules, out: &mut Vec<u8>) -> Option
             return None;
         }
     }
-    Some(Event { logits, labels })
+    Some(Event { id, logits, labels })
 }
 
 /// `v` (finite) as orjson writes it: the shortest digits that read back as `v` (zmij), in

@@ -21,6 +21,9 @@ enum Slot {
     Margin,
     Entropy,
     Reason,
+    ShadowDecision,
+    ShadowReason,
+    ShadowMargin,
     Partition,
     Offset,
     Timestamp,
@@ -38,9 +41,12 @@ impl Slot {
             "margin" => Slot::Margin,
             "entropy" => Slot::Entropy,
             "reason" => Slot::Reason,
-            "partition" => Slot::Partition,
-            "offset" => Slot::Offset,
-            "timestamp" => Slot::Timestamp,
+            "shadow.decision" => Slot::ShadowDecision,
+            "shadow.reason" => Slot::ShadowReason,
+            "shadow.margin" => Slot::ShadowMargin,
+            "source.partition" => Slot::Partition,
+            "source.offset" => Slot::Offset,
+            "source.timestamp" => Slot::Timestamp,
             _ => {
                 return Err(PyValueError::new_err(format!(
                     "Topic: no per-record value named {name:?}"
@@ -48,15 +54,44 @@ impl Slot {
             }
         })
     }
+
+    fn is_shadow(self) -> bool {
+        matches!(
+            self,
+            Slot::ShadowDecision | Slot::ShadowReason | Slot::ShadowMargin
+        )
+    }
+}
+
+/// A temperature and the thresholds a decision is taken with (`routing.Policy`'s).
+struct Thresholds {
+    temperature: f64,
+    min_margin: f64,
+    min_top1: Option<f64>,
+}
+
+impl Thresholds {
+    /// `routing.decide` without the audit sample: why these scores are escalated, if they are.
+    fn escalation(&self, s: &score::Scores) -> Option<&'static str> {
+        if s.margin < self.min_margin {
+            Some("low_margin")
+        } else if self.min_top1.is_some_and(|m| s.top1 < m) {
+            Some("low_top1")
+        } else {
+            None
+        }
+    }
 }
 
 /// One input topic's policy, what an event must be to be read here, and its outputs' layout:
 /// all given by Python, the output encoded once by orjson.
 #[pyclass(frozen)]
 struct Topic {
-    temperature: f64,
-    min_margin: f64,
-    min_top1: Option<f64>,
+    live: Thresholds,
+    /// `routing.audit_threshold` of the topic's rate: 0 samples nothing.
+    audit_threshold: f64,
+    /// Evaluated beside the live policy; never where the event goes.
+    shadow: Option<Thresholds>,
     /// The topic's labels, each as its JSON string.
     labels: Option<Vec<Vec<u8>>>,
     rules: json::Rules,
@@ -70,8 +105,8 @@ struct Topic {
 impl Topic {
     #[new]
     #[pyo3(signature = (
-        temperature, min_margin, min_top1, labels, *, max_bytes, max_classes, min_classes,
-        max_id_chars, max_brackets, output_keys, pieces, slots
+        temperature, min_margin, min_top1, labels, *, audit_threshold, shadow, shadow_min_top1,
+        max_bytes, max_classes, min_classes, max_id_chars, max_brackets, output_keys, pieces, slots
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -79,6 +114,9 @@ impl Topic {
         min_margin: f64,
         min_top1: Option<f64>,
         labels: Option<Vec<Vec<u8>>>,
+        audit_threshold: f64,
+        shadow: Option<(f64, f64)>,
+        shadow_min_top1: Option<f64>,
         max_bytes: usize,
         max_classes: usize,
         min_classes: usize,
@@ -93,10 +131,27 @@ impl Topic {
                 "Topic: one piece more than slots expected",
             ));
         }
+        let slots = slots
+            .iter()
+            .map(|s| Slot::named(s))
+            .collect::<PyResult<Vec<_>>>()?;
+        if slots.iter().any(|s| s.is_shadow()) != shadow.is_some() {
+            return Err(PyValueError::new_err(
+                "Topic: shadow slots without a shadow policy, or one without them",
+            ));
+        }
         Ok(Topic {
-            temperature,
-            min_margin,
-            min_top1,
+            live: Thresholds {
+                temperature,
+                min_margin,
+                min_top1,
+            },
+            audit_threshold,
+            shadow: shadow.map(|(temperature, min_margin)| Thresholds {
+                temperature,
+                min_margin,
+                min_top1: shadow_min_top1,
+            }),
             labels,
             rules: json::Rules {
                 max_bytes,
@@ -107,10 +162,7 @@ impl Topic {
                 output_keys,
             },
             pieces,
-            slots: slots
-                .iter()
-                .map(|s| Slot::named(s))
-                .collect::<PyResult<_>>()?,
+            slots,
         })
     }
 }
@@ -122,9 +174,11 @@ struct Routed {
     top1: f64,
     margin: f64,
     entropy: f64,
+    /// The shadow policy's decision: routed?
+    shadow_routed: Option<bool>,
 }
 
-/// (output value, routed?, reason or None, top1, margin, entropy)
+/// (output value, routed?, reason or None, top1, margin, entropy, shadow routed? or None)
 type RoutedTuple<'py> = (
     Bound<'py, PyBytes>,
     bool,
@@ -132,6 +186,7 @@ type RoutedTuple<'py> = (
     f64,
     f64,
     f64,
+    Option<bool>,
 );
 
 impl Routed {
@@ -144,6 +199,7 @@ impl Routed {
             self.top1,
             self.margin,
             self.entropy,
+            self.shadow_routed,
         )
     }
 }
@@ -206,21 +262,24 @@ fn route_one(
             }
         }
     }
-    let s = score::score(&event.logits, topic.temperature)?;
-    let reason = if s.margin < topic.min_margin {
-        Some("low_margin")
-    } else if topic.min_top1.is_some_and(|m| s.top1 < m) {
-        Some("low_top1")
-    } else {
-        None
+    let s = score::score(&event.logits, topic.live.temperature)?;
+    let reason = topic.live.escalation(&s).or_else(|| {
+        // The audit sample's rule is stated in `routing.py`; the threshold comes from there.
+        let sampled = topic.audit_threshold > 0.0
+            && f64::from(positive_murmur2(event.id)) < topic.audit_threshold;
+        sampled.then_some("audit_sample")
+    });
+    let shadow = match &topic.shadow {
+        Some(t) => {
+            let sh = score::score(&event.logits, t.temperature)?;
+            Some((t.escalation(&sh), sh.margin))
+        }
+        None => None,
     };
     for (piece, slot) in topic.pieces.iter().zip(&topic.slots) {
         out.extend_from_slice(piece);
         match slot {
-            Slot::Decision => out.extend_from_slice(match reason {
-                None => br#""routed""#.as_slice(),
-                Some(_) => br#""escalated""#.as_slice(),
-            }),
+            Slot::Decision => write_decision(&mut out, reason),
             Slot::Label => match (&event.labels, &topic.labels) {
                 (Some(l), _) => out.extend_from_slice(l[s.class_index]),
                 (None, Some(l)) => out.extend_from_slice(&l[s.class_index]),
@@ -245,14 +304,10 @@ fn route_one(
             Slot::Top2 => json::write_f64(&mut out, s.top2),
             Slot::Margin => json::write_f64(&mut out, s.margin),
             Slot::Entropy => json::write_f64(&mut out, s.entropy),
-            Slot::Reason => match reason {
-                None => out.extend_from_slice(b"null"),
-                Some(r) => {
-                    out.push(b'"');
-                    out.extend_from_slice(r.as_bytes());
-                    out.push(b'"');
-                }
-            },
+            Slot::Reason => write_reason(&mut out, reason),
+            Slot::ShadowDecision => write_decision(&mut out, shadow?.0),
+            Slot::ShadowReason => write_reason(&mut out, shadow?.0),
+            Slot::ShadowMargin => json::write_f64(&mut out, shadow?.1),
             Slot::Partition => json::write_int(&mut out, partition),
             Slot::Offset => json::write_int(&mut out, offset),
             Slot::Timestamp => match timestamp {
@@ -268,7 +323,26 @@ fn route_one(
         top1: s.top1,
         margin: s.margin,
         entropy: s.entropy,
+        shadow_routed: shadow.map(|(r, _)| r.is_none()),
     })
+}
+
+fn write_decision(out: &mut Vec<u8>, reason: Option<&str>) {
+    out.extend_from_slice(match reason {
+        None => br#""routed""#.as_slice(),
+        Some(_) => br#""escalated""#.as_slice(),
+    });
+}
+
+fn write_reason(out: &mut Vec<u8>, reason: Option<&str>) {
+    match reason {
+        None => out.extend_from_slice(b"null"),
+        Some(r) => {
+            out.push(b'"');
+            out.extend_from_slice(r.as_bytes());
+            out.push(b'"');
+        }
+    }
 }
 
 /// The index in a topic's sorted partitions of a record with this key, as the Java client's
@@ -276,7 +350,12 @@ fn route_one(
 /// the partition count. (aiokafka's murmur2 is pure Python: about 3.5 µs a record.)
 #[pyfunction]
 fn partition_index(key: &[u8], partitions: u32) -> u32 {
-    (murmur2(key) & 0x7fff_ffff) % partitions
+    positive_murmur2(key) % partitions
+}
+
+/// murmur2 with the sign bit cleared, as Kafka's partitioner and the audit sample read it.
+fn positive_murmur2(data: &[u8]) -> u32 {
+    murmur2(data) & 0x7fff_ffff
 }
 
 /// `org.apache.kafka.common.utils.Utils.murmur2`.

@@ -45,7 +45,7 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path
     expect_native = os.environ.get("LOGIT_ROUTER_EXPECT_NATIVE") == "1"
     assert summary["environment"]["native_hot_path"] is (expect_native or native.available())
     results = summary["contenders"]
-    assert set(results) == {"raw", "worker", "worker_eos", "worker_x2", "quix"}
+    assert set(results) == {"raw", "worker", "worker_shadow", "worker_eos", "worker_x2", "quix"}
     assert results["worker_x2"]["processes"] == 2 and results["worker"]["processes"] == 1
     for name, r in results.items():
         if name == "worker_eos" and not r["available"]:

@@ -36,7 +36,12 @@ from worker.core.records import DLQ_PREFIX
 from worker.core.settings import Settings
 from worker.devkit import traffic
 from worker.observability.health import HealthServer
-from worker.observability.metrics import DEAD_LETTER_REASONS, DECISIONS, ESCALATION_REASONS
+from worker.observability.metrics import (
+    DEAD_LETTER_REASONS,
+    DECISIONS,
+    ESCALATION_REASONS,
+    POLICY_DECISIONS,
+)
 from worker.stream import pipeline
 from worker.stream.pipeline import Worker
 from worker.stream.service import serve
@@ -95,6 +100,7 @@ def test_the_dashboard_has_the_panels_operators_watch() -> None:
         "rate(logit_router_events_total",
         "logit_router_dead_letters_total",
         "logit_router_consumer_lag_records",
+        'live="escalated", shadow="escalated"',
         "histogram_quantile(0.5, sum by (topic, le) (rate(logit_router_end_to_end_latency",
         "histogram_quantile(0.99, sum by (topic, le) (rate(logit_router_end_to_end_latency",
     ):
@@ -181,7 +187,16 @@ async def test_readyz_waits_for_partitions_and_healthz_answers_during_a_batch(
 async def test_prometheus_scrapes_a_worker_and_every_query_and_rule_returns_data(
     bootstrap: str, uid: str, tmp_path: Path
 ) -> None:
-    settings = make_settings(bootstrap, uid, http={"enabled": True, "port": 0})
+    # One topic with a shadow policy and an audit sample, so that their panels have data.
+    shadowed = {
+        "temperature": 0.7,
+        "min_margin": 0.15,
+        "audit_sample_rate": 0.1,
+        "shadow": {"temperature": 1.2, "min_margin": 0.1},
+    }
+    settings = make_settings(
+        bootstrap, uid, http={"enabled": True, "port": 0}, topics={f"support-{uid}": shadowed}
+    )
     topics = sorted(settings.topics)
     await create_all(settings)
     registry = CollectorRegistry()
@@ -240,6 +255,7 @@ class Expected:
         self.escalations: Counter[tuple[str, str]] = Counter()
         self.dead: Counter[tuple[str, str]] = Counter()
         self.margins: dict[str, list[float]] = {}
+        self.shadow_pairs: Counter[tuple[str, str, str]] = Counter()
 
     @classmethod
     def of(cls, outputs: Outputs) -> Expected:
@@ -252,6 +268,9 @@ class Expected:
                 e.margins.setdefault(topic, []).append(doc["margin"])
                 if kind == "escalated":
                     e.escalations[topic, doc["reason"]] += 1
+                if "shadow" in doc:
+                    live = "routed" if doc["reason"] == "audit_sample" else kind
+                    e.shadow_pairs[topic, live, doc["shadow"]["decision"]] += 1
         for r in outputs.dead:
             headers = dict(r.headers)
             topic = headers[DLQ_PREFIX + "source.topic"].decode()
@@ -300,6 +319,15 @@ def check_prometheus(
     assert escalations == {
         (t, r): want.escalations[t, r] for t in topics for r in ESCALATION_REASONS
     }
+    pairs = by(f"logit_router_shadow_decisions_total{{{sel}}}", "topic", "live", "shadow")
+    assert pairs == {
+        (t, live, shadow): want.shadow_pairs[t, live, shadow]
+        for t in topics
+        if settings.topics[t].shadow is not None
+        for live in POLICY_DECISIONS
+        for shadow in POLICY_DECISIONS
+    }
+    assert sum(n for (_, r), n in want.escalations.items() if r == "audit_sample") > 0
     dead = by(f"logit_router_dead_letters_total{{{sel}}}", "topic", "reason")
     assert dead == {(t, r): want.dead[t, r] for t in topics for r in DEAD_LETTER_REASONS}
     buckets = by(f"logit_router_margin_bucket{{{sel}}}", "topic", "le")

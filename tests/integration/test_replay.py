@@ -134,7 +134,7 @@ def expected_outcome(settings: Settings, record: Any) -> tuple[str, Routing | st
             record.value, max_bytes=limits.max_event_bytes, max_classes=limits.max_classes
         )
         return "scored", route(
-            event.logit_values(), settings.policies()[record.topic], event.labels
+            event.logit_values(), settings.policies()[record.topic], event.labels, event.id
         )
     except (EventError, ScoringError) as exc:
         return "dead_letter", exc.code
@@ -214,6 +214,8 @@ CHANGES: dict[str, tuple[str, dict[str, Any]]] = {
     "temperature": ("support", {"temperature": 1.3}),
     "thresholds": ("fraud", {"min_margin": 0.05, "min_top1": 0.7}),
     "labels": ("support", {"labels": ["refund", "bug", "upsell"]}),
+    # The sample is drawn from the ids alone: a replay picks the events the rule predicts.
+    "audit_sample": ("fraud", {"audit_sample_rate": 0.3}),
 }
 
 
@@ -255,6 +257,8 @@ def test_a_changed_config_shows_exactly_the_expected_differences(
         assert example["kind"] == kind
         assert example["original"]["config_version"] == live.config_version
         assert example["replay"]["config_version"] == new_version
+    if change == "audit_sample":
+        assert set(counts) == {"decision"}  # routed events, escalated as audit_sample
     if change == "temperature":
         assert set(counts) == {"decision", "probabilities"}
         assert summary["max_abs_diff"] > 0.01

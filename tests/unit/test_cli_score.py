@@ -99,3 +99,19 @@ def test_console_script_and_module_are_the_same_program() -> None:
     a = subprocess.run([script, "score", "--logits", "1,2"], capture_output=True, text=True)
     assert a.returncode == 0
     assert a.stdout == run("score", "--logits", "1,2").stdout
+
+
+def test_it_starts_without_the_kafka_client_or_pydantic() -> None:
+    """A one-off command stays quick to start: the audit sample's hash (aiokafka's murmur2) and
+    the settings model are loaded only by what uses them."""
+    code = (
+        "import sys; from worker.cli.main import main; "
+        "code = main(['score', '--logits', '3.2,2.8,0.5']); "
+        "print(sorted(m for m in ('aiokafka', 'pydantic') if m in sys.modules), file=sys.stderr); "
+        "sys.exit(code)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "[]"

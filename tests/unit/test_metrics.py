@@ -116,7 +116,7 @@ def test_every_labelled_series_reads_zero_from_the_start() -> None:
 
 def test_label_sets_are_the_fixed_sets_the_code_produces() -> None:
     assert set(DECISIONS) == {"routed", "escalated", "dead_letter"}
-    assert set(ESCALATION_REASONS) == {"low_margin", "low_top1"}
+    assert set(ESCALATION_REASONS) == {"low_margin", "low_top1", "audit_sample"}
     # Every refusal the decoder and the scorer can produce has its own pre-made series.
     assert {reason for reason, _ in traffic.MALFORMED} <= set(DEAD_LETTER_REASONS)
     bad = [

@@ -15,6 +15,7 @@ import math
 import os
 import struct
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -27,7 +28,7 @@ from tests.consumed import Consumed
 from tests.integration.hostile_corpus import EDGES, HOSTILE
 from worker.core import native
 from worker.core.records import Router, output_template
-from worker.core.routing import Policy, score
+from worker.core.routing import Policy, audit_sampled, audit_threshold, score
 from worker.core.schema import OUTPUT_KEYS, Slot
 from worker.core.settings import Settings
 from worker.devkit import traffic
@@ -53,6 +54,20 @@ TOPICS = {
     "cold": {"temperature": 0.7, "min_margin": 0.15, "labels": ["cat", "dog", "bird"]},
     "wide": {"temperature": 1.5, "min_margin": 0.05, "min_top1": 0.2},
     "odd": {"temperature": 1e-3, "min_margin": 0.0, "labels": ['q"uote', "é", "\n"]},
+    # A shadow policy and an audit sample, alone and together.
+    "shadowed": {
+        "temperature": 0.7,
+        "min_margin": 0.15,
+        "labels": ["cat", "dog", "bird"],
+        "shadow": {"temperature": 1.4, "min_margin": 0.05, "min_top1": 0.4},
+    },
+    "sampled": {"temperature": 1.5, "min_margin": 0.05, "audit_sample_rate": 0.4},
+    "both": {
+        "temperature": 1e-3,
+        "min_margin": 0.0,
+        "audit_sample_rate": 0.9,
+        "shadow": {"temperature": 2.5, "min_margin": 0.3},
+    },
 }
 LIMITS = {"max_event_bytes": 4096, "max_classes": 120}
 
@@ -84,8 +99,8 @@ def test_the_router_uses_it_when_installed_and_not_when_switched_off() -> None:
 @pytest.mark.parametrize("classes", [3, 10, 100])
 def test_the_benchmark_traffic_is_the_same_bytes(classes: int) -> None:
     raws = [e.value for e in traffic.synthetic(1500, seed=classes, classes=classes)]
-    both(raws, "wide")
-    both(raws, "plain")
+    for topic in ("wide", "plain", "sampled", "both"):
+        both(raws, topic)
 
 
 def test_labelled_topics_and_labels_in_the_event() -> None:
@@ -93,12 +108,17 @@ def test_labelled_topics_and_labels_in_the_event() -> None:
     raws += [e.value for e in traffic.synthetic(200, seed=4, classes=3, labels=["x", "y", "ü"])]
     both(raws, "cold")
     both(raws, "odd")
+    outs = both(raws, "shadowed")
+    # Shadow decisions and audit samples of both kinds were among the bytes compared.
+    assert {o.shadow for o in outs if o.kind != "dead_letter"} == {"routed", "escalated"}
+    assert {o.reason for o in both(raws, "both")} >= {None, "audit_sample"}
 
 
 def test_the_hostile_corpus_is_the_same_bytes() -> None:
     raws = [h.value for h in (*HOSTILE, *EDGES) if h.value is None or len(h.value) < 100_000]
     both(raws, "plain")
     both(raws, "cold")
+    both(raws, "both")
 
 
 json_values = st.recursive(
@@ -214,8 +234,8 @@ def test_it_declines_what_the_python_path_must_judge() -> None:
 def test_an_input_with_an_output_key_is_left_to_python_and_keeps_its_place(key: str) -> None:
     """The keys to decline come from the model through Python: none is listed in Rust."""
     raw = orjson.dumps({"id": "e", key: "mine", "logits": [2.0, 0.5]})
-    assert route(FAST.native_topics["plain"], raw) is None  # type: ignore[index]
-    [out] = both([raw])
+    assert route(FAST.native_topics["both"], raw) is None  # type: ignore[index]
+    [out] = both([raw], "both")
     doc = orjson.loads(out.value)
     assert list(doc) == ["id", key, "logits", *(k for k in OUTPUT_KEYS if k != key)]
     assert doc[key] != "mine"
@@ -241,10 +261,30 @@ def test_a_field_added_to_the_template_reaches_the_compiled_path_unchanged() -> 
 def test_a_per_record_value_it_cannot_compute_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match='no per-record value named "colour"'):
         _with_field("colour", Slot("colour"))
+    # A shadow block in the template needs a shadow policy to fill it, and the other way round.
+    shadowed = FAST.policies["both"]
+    fields = output_template("both", shadowed, "v")
+    unshadowed = replace(shadowed, shadow=None)
+    with pytest.raises(ValueError, match="shadow slots without a shadow policy"):
+        native.topics({"t": unshadowed}, {"t": fields}, max_bytes=4096, max_classes=10)
+    fields = output_template("both", unshadowed, "v")
+    with pytest.raises(ValueError, match="or one without them"):
+        native.topics({"t": shadowed}, {"t": fields}, max_bytes=4096, max_classes=10)
     limits = {"max_bytes": 1, "max_classes": 2, "min_classes": 2, "max_id_chars": 1}
     with pytest.raises(ValueError, match="one piece more than slots"):
         ext.Topic(
-            1.0, 0.1, None, None, **limits, max_brackets=1, output_keys=[], pieces=[], slots=[]
+            1.0,
+            0.1,
+            None,
+            None,
+            audit_threshold=0.0,
+            shadow=None,
+            shadow_min_top1=None,
+            **limits,
+            max_brackets=1,
+            output_keys=[],
+            pieces=[],
+            slots=[],
         )
 
 
@@ -282,9 +322,34 @@ def test_scores_are_the_reference_bit_for_bit(logits: list[float], temperature: 
     done = route(topic, orjson.dumps({"id": "s", "logits": logits}))
     assert done is not None
     ref = score(logits, temperature)
-    _, _, _, top1, margin, entropy = done
+    _, _, _, top1, margin, entropy, _ = done
     assert (top1, margin, entropy) == (ref.top1, ref.margin, ref.entropy)
     assert orjson.loads(done[0])["probabilities"] == list(ref.probabilities)
+
+
+ids = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters='"\\'),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(ids, st.floats(0.0, 1.0))
+@example("evt-1", 0.0)
+@example("evt-1", 1.0)
+def test_the_audit_sample_is_the_rule_routing_states(event_id: str, rate: float) -> None:
+    """The compiled path samples the ids ``routing.audit_sampled`` samples, at any rate."""
+    policy = Policy(1.0, 0.0, audit_sample_rate=rate)
+    topic = native.topics(
+        {"t": policy}, {"t": output_template("t", policy, "v")}, max_bytes=4096, max_classes=10
+    )["t"]
+    done = route(topic, orjson.dumps({"id": event_id, "logits": [3.0, 0.0]}))
+    assert done is not None
+    sampled = audit_sampled(event_id, audit_threshold(rate))
+    assert done[2] == ("audit_sample" if sampled else None)
+    if rate in (0.0, 1.0):
+        assert sampled == (rate == 1.0)  # 0 samples none, 1 samples all
 
 
 @settings(max_examples=2000, deadline=None)

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from worker.core.events import FAST_MAX_BRACKETS, MAX_ID_CHARS, MIN_CLASSES
-from worker.core.routing import Policy
+from worker.core.routing import Policy, audit_threshold
 from worker.core.schema import Slot
 from worker.core.settings import Settings
 
@@ -33,8 +33,9 @@ except ImportError:  # built only where cargo was found at install time
 else:
     _ext = logit_router_native
 
-# What the compiled path gives for a record: value, routed?, reason, top1, margin, entropy.
-Compiled = tuple[bytes, bool, str | None, float, float, float]
+# What the compiled path gives for a record: value, routed?, reason, top1, margin, entropy,
+# and the shadow's routed? (None for a topic without a shadow).
+Compiled = tuple[bytes, bool, str | None, float, float, float, bool | None]
 # Per record its Compiled, or None: "let the Python path do it". It releases the GIL.
 RouteMany = Callable[
     [list[Any], list[bytes | None], list[int], list[int], list[int | None]],
@@ -71,11 +72,15 @@ def topics(
     out = {}
     for topic, p in policies.items():
         pieces, slots = _pieces(templates[topic])
+        shadow = p.shadow
         out[topic] = _ext.Topic(
             p.temperature,
             p.min_margin,
             p.min_top1,
             None if p.labels is None else [orjson.dumps(label) for label in p.labels],
+            audit_threshold=audit_threshold(p.audit_sample_rate),
+            shadow=None if shadow is None else (shadow.temperature, shadow.min_margin),
+            shadow_min_top1=None if shadow is None else shadow.min_top1,
             max_bytes=max_bytes,
             max_classes=max_classes,
             min_classes=MIN_CLASSES,
@@ -90,7 +95,7 @@ def topics(
 
 # A slot's stand-in while a template is encoded: a string no constant of a template holds.
 _MARK = "\x00slot:"
-_MARKED = re.compile(re.escape(orjson.dumps(_MARK)[:-1]) + rb'([a-z0-9_]+)"')
+_MARKED = re.compile(re.escape(orjson.dumps(_MARK)[:-1]) + rb'([a-z0-9_.]+)"')
 
 
 def _pieces(fields: dict[str, Any]) -> tuple[list[bytes], list[str]]:

@@ -18,8 +18,8 @@ from worker import __version__
 from worker.core import native
 from worker.core.events import EventError, decode_routable, dumps_document
 from worker.core.native import Compiled
-from worker.core.routing import Policy, Routing, ScoringError, route
-from worker.core.schema import PER_RECORD, template
+from worker.core.routing import Decision, Policy, Routing, ScoringError, route
+from worker.core.schema import ABSENT, PER_RECORD, template
 from worker.core.settings import Settings
 
 Kind = Literal["routed", "escalated", "dead_letter"]
@@ -73,6 +73,7 @@ class Outbound(NamedTuple):
     source_offset: int
     source_timestamp: int
     scores: Summary | None  # None for a dead letter
+    shadow: Decision | None = None  # the shadow policy's decision, for topics with one
 
 
 class Router:
@@ -128,7 +129,7 @@ class Router:
             if done is None:
                 out.append(self._process_one(rec))
                 continue
-            value, routed, reason, top1, margin, entropy = done
+            value, routed, reason, top1, margin, entropy, shadow_routed = done
             out.append(
                 Outbound(
                     routed_topic if routed else escalated_topic,
@@ -142,6 +143,7 @@ class Router:
                     rec.offset,
                     rec.timestamp,
                     Summary(top1, margin, entropy),
+                    None if shadow_routed is None else _DECISIONS[shadow_routed],
                 )
             )
         return out
@@ -154,13 +156,18 @@ class Router:
             )
         except EventError as exc:
             return self.dead_letter(rec, exc.code, exc)
+        policy = self.policies[rec.topic]
         try:
-            routing = route(logits, self.policies[rec.topic], labels)
+            routing = route(logits, policy, labels, doc["id"])
         except ScoringError as exc:
             return self.dead_letter(rec, exc.code, exc)
-        return self._decided(rec, doc, routing)
+        # What the shadow policy would decide: never sampled, never where the event goes.
+        shadow = None if policy.shadow is None else route(logits, policy.shadow, labels)
+        return self._decided(rec, doc, routing, shadow)
 
-    def _decided(self, rec: ConsumedRecord, doc: dict[str, Any], routing: Routing) -> Outbound:
+    def _decided(
+        self, rec: ConsumedRecord, doc: dict[str, Any], routing: Routing, shadow: Routing | None
+    ) -> Outbound:
         """The input document (ours alone: decoded for this batch) plus decision and provenance.
 
         The keys come in the order of the topic's template; a key the input already had keeps
@@ -178,6 +185,12 @@ class Router:
         fields["margin"] = s.margin
         fields["entropy"] = s.entropy
         fields["reason"] = routing.reason
+        if shadow is not None:
+            fields["shadow"] = {
+                "decision": shadow.decision,
+                "reason": shadow.reason,
+                "margin": shadow.scores.margin,
+            }
         fields["source"] = {
             **fields["source"],
             "partition": rec.partition,
@@ -204,6 +217,7 @@ class Router:
             rec.offset,
             rec.timestamp,
             Summary(s.top1, s.margin, s.entropy),
+            None if shadow is None else shadow.decision,
         )
 
     def dead_letter(self, rec: ConsumedRecord, reason: str, error: Exception) -> Outbound:
@@ -261,6 +275,9 @@ def _dlq_headers(rec: ConsumedRecord, reason: str, error: Exception) -> Headers:
     ]
 
 
+_DECISIONS: dict[bool, Decision] = {True: "routed", False: "escalated"}
+
+
 def output_template(topic: str, policy: Policy, config_version: str) -> dict[str, Any]:
     """What an input topic's outputs add to the event: constants set, per-record values to fill
     (``_decided`` in Python, the compiled path in Rust)."""
@@ -277,6 +294,9 @@ def output_template(topic: str, policy: Policy, config_version: str) -> dict[str
             "temperature": policy.temperature,
             "policy": {"min_margin": policy.min_margin, "min_top1": policy.min_top1},
             "reason": PER_RECORD,
+            "shadow": ABSENT
+            if policy.shadow is None
+            else {"decision": PER_RECORD, "reason": PER_RECORD, "margin": PER_RECORD},
             "source": {
                 "topic": topic,
                 "partition": PER_RECORD,

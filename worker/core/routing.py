@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 Decision = Literal["routed", "escalated"]
-EscalationReason = Literal["low_margin", "low_top1"]
+EscalationReason = Literal["low_margin", "low_top1", "audit_sample"]
+# Escalated for review though its policy would route it (``Policy.audit_sample_rate``).
+AUDIT_SAMPLE: EscalationReason = "audit_sample"
 
 _NEG_INF = -math.inf
 
@@ -61,6 +63,10 @@ class Policy:
     min_margin: float
     min_top1: float | None = None
     labels: tuple[str, ...] | None = None
+    # The share of would-be-routed events escalated for review instead (``audit_sampled``).
+    audit_sample_rate: float = 0.0
+    # Evaluated beside this policy on every event, never deciding where one goes.
+    shadow: Policy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +163,51 @@ def check_labels(n_classes: int, event_labels: Sequence[str] | None, policy: Pol
         )
 
 
-def decide(scores: Scores, policy: Policy, event_labels: Sequence[str] | None = None) -> Routing:
-    """Escalate on a small margin first (the lab's lesson), then on a low top-1 probability."""
+# The audit sample's rule, stated once: an event is sampled iff the murmur2 hash (Kafka's
+# partitioner hash) of its id's UTF-8 bytes, masked to 31 bits, is below ``rate * 2**31``. It
+# reads nothing but the id, so a replay or a retried event draws the same answer.
+AUDIT_HASH_RANGE = 2**31
+
+
+def audit_threshold(rate: float) -> float:
+    """The bound ``audit_sampled`` holds a hash to; the compiled path is handed it as is."""
+    return rate * AUDIT_HASH_RANGE
+
+
+def audit_sampled(event_id: str, threshold: float) -> bool:
+    """Whether the event with this id is in the audit sample (``threshold``: see above)."""
+    # Surrogates cannot reach here (orjson refuses them); "surrogatepass" only keeps it total.
+    h = _murmur2(event_id.encode("utf-8", "surrogatepass")) & (AUDIT_HASH_RANGE - 1)
+    return h < threshold
+
+
+def _murmur2(data: bytes) -> int:
+    # Imported on first use: `logit-router score` never samples, and starts without aiokafka.
+    from aiokafka.partitioner import murmur2
+
+    h: int = murmur2(data)
+    return h
+
+
+def decide(
+    scores: Scores,
+    policy: Policy,
+    event_labels: Sequence[str] | None = None,
+    event_id: str | None = None,
+) -> Routing:
+    """Escalate on a small margin first (the lab's lesson), then on a low top-1 probability;
+    then, given the event's id, an event in the policy's audit sample."""
     reason: EscalationReason | None = None
     if scores.margin < policy.min_margin:
         reason = "low_margin"
     elif policy.min_top1 is not None and scores.top1 < policy.min_top1:
         reason = "low_top1"
+    elif (
+        event_id is not None
+        and policy.audit_sample_rate > 0.0
+        and audit_sampled(event_id, audit_threshold(policy.audit_sample_rate))
+    ):
+        reason = AUDIT_SAMPLE
     return Routing(
         decision="routed" if reason is None else "escalated",
         reason=reason,
@@ -173,8 +217,11 @@ def decide(scores: Scores, policy: Policy, event_labels: Sequence[str] | None = 
 
 
 def route(
-    logits: Sequence[float], policy: Policy, event_labels: Sequence[str] | None = None
+    logits: Sequence[float],
+    policy: Policy,
+    event_labels: Sequence[str] | None = None,
+    event_id: str | None = None,
 ) -> Routing:
-    """Score one event and decide where it goes."""
+    """Score one event and decide where it goes (with its id: the audit sample too)."""
     check_labels(len(logits), event_labels, policy)
-    return decide(score(logits, policy.temperature), policy, event_labels)
+    return decide(score(logits, policy.temperature), policy, event_labels, event_id)

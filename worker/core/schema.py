@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from worker.core.events import InputEvent
 from worker.core.routing import Decision, EscalationReason
@@ -44,20 +45,29 @@ class Source(BaseModel):
 
 
 _ROUTED, _ESCALATED = get_args(Decision)
+# An escalated event says why; a routed one has no reason (the output's and its shadow's).
+_REASON_FITS_DECISION: JsonDict = {
+    "if": {"properties": {"decision": {"const": _ROUTED}}},
+    "then": {"properties": {"reason": {"type": "null"}}},
+    "else": {"properties": {"reason": {"enum": list(get_args(EscalationReason))}}},
+}
+
+
+class ShadowOut(BaseModel):
+    """What the topic's shadow policy decided for the event; it changed nothing."""
+
+    model_config = ConfigDict(frozen=True, json_schema_extra=_REASON_FITS_DECISION)
+
+    decision: Decision
+    reason: EscalationReason | None
+    margin: Probability = Field(description="top1 - top2 at the shadow's temperature")
 
 
 class OutputEvent(InputEvent):
     """What the routed and escalated topics carry: the input event's fields as sent (unknown
     ones too), then these, in this order. A key the input already had keeps its place."""
 
-    model_config = ConfigDict(
-        # An escalated event says why; a routed one has no reason.
-        json_schema_extra={
-            "if": {"properties": {"decision": {"const": _ROUTED}}},
-            "then": {"properties": {"reason": {"type": "null"}}},
-            "else": {"properties": {"reason": {"enum": list(get_args(EscalationReason))}}},
-        },
-    )
+    model_config = ConfigDict(json_schema_extra=_REASON_FITS_DECISION)
 
     decision: Decision
     label: str = Field(description="the event's label, else the topic's, else the class index")
@@ -70,6 +80,10 @@ class OutputEvent(InputEvent):
     temperature: float = Field(gt=0.0)
     policy: PolicyOut
     reason: EscalationReason | None
+    # Beside the live decision it shadows; only topics with a shadow policy have the key.
+    shadow: ShadowOut | None = Field(
+        None, description="present only for input topics with a shadow policy"
+    )
     source: Source
     config_version: str
     worker_version: str
@@ -89,7 +103,8 @@ def json_schema(which: str) -> dict[str, Any]:
 
 
 class Slot:
-    """A place in a template whose value each record gives; ``name`` is its field's name."""
+    """A place in a template whose value each record gives; ``name`` is its field's path
+    (``margin``, ``shadow.margin``)."""
 
     __slots__ = ("name",)
 
@@ -98,17 +113,19 @@ class Slot:
 
 
 PER_RECORD: Any = object()  # given to ``template`` for a field each record sets
+ABSENT: Any = object()  # given for an optional field that this topic's outputs do not have
 
 
 def template(values: Mapping[str, Any]) -> dict[str, Any]:
     """The output fields for one input topic, in ``OutputEvent``'s order: the values given, with
-    each ``PER_RECORD`` turned into a ``Slot``. Every field needs a value, and only fields may
-    have one, so that a field added to the model cannot be left out silently."""
-    return _laid_out(OutputEvent, OUTPUT_KEYS, values)
+    each ``PER_RECORD`` turned into a ``Slot`` and each ``ABSENT`` field left out. Every field
+    needs a value, and only fields may have one, so that a field added to the model cannot be
+    left out silently."""
+    return _laid_out(OutputEvent, OUTPUT_KEYS, values, "")
 
 
 def _laid_out(
-    model: type[BaseModel], names: tuple[str, ...], values: Mapping[str, Any]
+    model: type[BaseModel], names: tuple[str, ...], values: Mapping[str, Any], prefix: str
 ) -> dict[str, Any]:
     if set(values) != set(names):
         missing, unknown = set(names) - set(values), set(values) - set(names)
@@ -117,9 +134,21 @@ def _laid_out(
         )
     out: dict[str, Any] = {}
     for name in names:
-        value = values[name]
-        nested = model.model_fields[name].annotation
-        if isinstance(nested, type) and issubclass(nested, BaseModel):
-            value = _laid_out(nested, tuple(nested.model_fields), value)
-        out[name] = Slot(name) if value is PER_RECORD else value
+        value, field = values[name], model.model_fields[name]
+        if value is ABSENT:
+            if field.is_required():
+                raise ValueError(f"{model.__name__} template: {name} is required")
+            continue
+        nested = _model_of(field.annotation)
+        if nested is not None and isinstance(value, Mapping):
+            value = _laid_out(nested, tuple(nested.model_fields), value, f"{prefix}{name}.")
+        out[name] = Slot(prefix + name) if value is PER_RECORD else value
     return out
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds, also when it may be null (``ShadowOut | None``)."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None

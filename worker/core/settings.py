@@ -21,10 +21,12 @@ from pydantic import (
     Field,
     FilePath,
     SecretStr,
+    SerializerFunctionWrapHandler,
     StrictBool,
     StrictFloat,
     StrictInt,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -262,8 +264,9 @@ class OutputTopics(BaseModel):
         return self
 
 
-class TopicPolicy(BaseModel):
-    """The policy of one input topic (the lab: temperature is set per use case)."""
+class Thresholds(BaseModel):
+    """A temperature and the thresholds a decision is taken with: a topic's live policy, or
+    its shadow."""
 
     model_config = _FROZEN
 
@@ -282,15 +285,55 @@ class TopicPolicy(BaseModel):
         description="An event whose top-1 probability is below this is escalated (`low_top1`); "
         "no such check when unset.",
     )
+
+
+class ShadowPolicy(Thresholds):
+    """A policy evaluated beside a topic's live one, never deciding where an event goes."""
+
+
+class TopicPolicy(Thresholds):
+    """The policy of one input topic (the lab: temperature is set per use case)."""
+
     labels: Labels | None = Field(
         None,
         description="Class names by index, for events that carry no `labels` of their own; an "
         "event with a different number of logits is dead-lettered. Unset: the label is the "
         "class index.",
     )
+    audit_sample_rate: Probability = Field(
+        0.0,
+        description="The share of the events that would be routed that are escalated instead "
+        "(`audit_sample`), so that reviewers also see confident events. Chosen by a hash of the "
+        "event id (docs/events.md), so a replay or a retry draws the same events.",
+    )
+    shadow: ShadowPolicy | None = Field(
+        None,
+        description='A policy to try on live traffic: `[topics."NAME".shadow]` with '
+        "`temperature`, `min_margin`, `min_top1`. None when unset.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _unset_features_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # So a config using neither keeps the config_version it had before they existed.
+        data: dict[str, Any] = handler(self)
+        if self.audit_sample_rate == 0.0:
+            data.pop("audit_sample_rate", None)
+        if self.shadow is None:
+            data.pop("shadow", None)
+        return data
 
     def policy(self) -> Policy:
-        return Policy(self.temperature, self.min_margin, self.min_top1, self.labels)
+        shadow = self.shadow
+        return Policy(
+            self.temperature,
+            self.min_margin,
+            self.min_top1,
+            self.labels,
+            self.audit_sample_rate,
+            None
+            if shadow is None
+            else Policy(shadow.temperature, shadow.min_margin, shadow.min_top1, self.labels),
+        )
 
 
 class Limits(BaseModel):

@@ -111,9 +111,14 @@ def _type(tp: Any) -> tuple[str, list[str]]:
 
 
 def _model_of(tp: Any) -> tuple[type[BaseModel] | None, bool]:
-    """The model a field holds, and whether it holds a table of them keyed by name."""
+    """The model a field holds (an optional table too), and whether it holds a table of them
+    keyed by name."""
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return tp, False
+    if get_origin(tp) in (Union, types.UnionType):
+        models = [a for a in get_args(tp) if a is not type(None)]
+        if len(models) == 1:
+            return _model_of(models[0])
     if get_origin(tp) is dict:
         value = get_args(tp)[1]
         if isinstance(value, type) and issubclass(value, BaseModel):

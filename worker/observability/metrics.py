@@ -29,12 +29,14 @@ from worker.core import native
 from worker.core.changes import RESULTS
 from worker.core.events import Reason
 from worker.core.records import Kind, Outbound, WriteRefusal
-from worker.core.routing import EscalationReason
+from worker.core.routing import AUDIT_SAMPLE, Decision, EscalationReason
 from worker.core.settings import BATCH_RECORDS, EXACTLY_ONCE_BATCH_RECORDS, Settings
 from worker.observability.histograms import BatchHistogram
 
 DECISIONS: tuple[str, ...] = get_args(Kind)
 ESCALATION_REASONS: tuple[str, ...] = get_args(EscalationReason)
+# The two policies' decisions, live and shadow (a dead letter has neither).
+POLICY_DECISIONS: tuple[str, ...] = get_args(Decision)
 # Decoding refusals (core.events) and scoring refusals (core.routing), then the catch-all.
 # Refusals after decoding: by the core (routing.ScoringError) or when writing the output.
 SCORING_REASONS = (
@@ -96,6 +98,12 @@ class Metrics:
             "dead_letters_total",
             "Dead-lettered events, by input topic and reason.",
             ["topic", "reason"],
+        )
+        self.shadow_decisions = counter(
+            "shadow_decisions_total",
+            "Scored events of topics with a shadow policy, by the live policy's decision (an "
+            "audit sample counts as routed, as its policy decided) and the shadow's.",
+            ["topic", "live", "shadow"],
         )
         self.margin = per_topic(
             "margin", "Confidence margin (top-1 minus top-2 probability) of scored events.",
@@ -180,6 +188,7 @@ class Metrics:
         self._events: dict[tuple[str, str], Counter] = {}
         self._escalations: dict[tuple[str, str], Counter] = {}
         self._dead_letters: dict[tuple[str, str], Counter] = {}
+        self._shadow_decisions: dict[tuple[str, str, str], Counter] = {}
         self.configure(settings)
 
     def configure(self, settings: Settings) -> None:
@@ -210,6 +219,13 @@ class Metrics:
                 self._escalations.setdefault((t, r), self.escalations.labels(t, r))
             for r in DEAD_LETTER_REASONS:
                 self._dead_letters.setdefault((t, r), self.dead_letters.labels(t, r))
+        for t, tp in settings.topics.items():
+            if tp.shadow is None:
+                continue
+            for live in POLICY_DECISIONS:
+                for shadow in POLICY_DECISIONS:
+                    key = (t, live, shadow)
+                    self._shadow_decisions.setdefault(key, self.shadow_decisions.labels(*key))
 
     def record_outputs(self, outputs: Sequence[Outbound], acked_at: float | None = None) -> None:
         """Count a batch whose outputs are acknowledged; observe scores and latency.
@@ -220,6 +236,7 @@ class Metrics:
         decisions: Tally[tuple[str, str]] = Tally()
         escalations: Tally[tuple[str, str]] = Tally()
         dead: Tally[tuple[str, str]] = Tally()
+        pairs: Tally[tuple[str, str, str]] = Tally()
         scores: dict[str, tuple[list[float], list[float], list[float]]] = {}
         stamps: dict[str, list[int]] = {}
         for o in outputs:
@@ -237,12 +254,17 @@ class Metrics:
                 lists[2].append(s.entropy)
                 if o.reason is not None:
                     escalations[topic, o.reason] += 1
+                if o.shadow is not None:
+                    live = "routed" if o.reason == AUDIT_SAMPLE else o.kind
+                    pairs[topic, live, o.shadow] += 1
             if o.source_timestamp > 0:
                 stamps.setdefault(topic, []).append(o.source_timestamp)
         for key, n in decisions.items():
             self._events[key].inc(n)
         for key, n in escalations.items():
             self._escalations[key].inc(n)
+        for pair, n in pairs.items():
+            self._shadow_decisions[pair].inc(n)
         for (topic, reason), n in dead.items():
             child = (
                 self._dead_letters.get((topic, reason)) or self._dead_letters[topic, OTHER_REASON]
