@@ -34,7 +34,7 @@ from worker.core.environment import EnvironmentSource
 from worker.core.errors import ConfigError
 from worker.core.routing import Policy
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["ConfigError", "Settings", "load_settings", "routing_document", "version_of"]
 
 ENV_PREFIX = "LOGIT_ROUTER_"
 
@@ -252,12 +252,19 @@ class OutputTopics(BaseModel):
         min_length=1,
         description="Records that cannot be scored, unchanged, with the reason in headers.",
     )
+    config_history: str = Field(
+        "logit-router.config-history",
+        min_length=1,
+        description="A compacted topic where the worker records each routing config it runs "
+        "(key: its `config_version`, value: the document hashed), for `config show` and "
+        "`replay --as-published`. Not part of the hash itself.",
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> OutputTopics:
-        names = [self.routed, self.escalated, self.dead_letter]
-        if len(set(names)) != 3:
-            raise ValueError(f"output topics must be three different topics, got {names}")
+        names = [self.routed, self.escalated, self.dead_letter, self.config_history]
+        if len(set(names)) != len(names):
+            raise ValueError(f"output topics must be four different topics, got {names}")
         return self
 
 
@@ -414,7 +421,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _inputs_are_not_outputs(self) -> Settings:
-        outputs = {self.outputs.routed, self.outputs.escalated, self.outputs.dead_letter}
+        o = self.outputs
+        outputs = {o.routed, o.escalated, o.dead_letter, o.config_history}
         loops = sorted(outputs & set(self.topics))
         if loops:
             raise ValueError(f"input topics {loops} are also output topics")
@@ -441,6 +449,26 @@ class Settings(BaseSettings):
         return config_version(self)
 
 
+# What a decision depends on. The history topic's name is left out: it changes no decision,
+# and leaving it out kept every version from before it existed.
+ROUTING_FIELDS: dict[str, Any] = {
+    "topics": True,
+    "outputs": {"routed", "escalated", "dead_letter"},
+    "limits": True,
+}
+
+
+def routing_document(settings: Settings) -> bytes:
+    """The canonical routing config: the bytes ``config_version`` is the hash of, and the value
+    the worker records in the history topic (JSON, keys sorted, no spaces)."""
+    effective = settings.model_dump(mode="json", include=ROUTING_FIELDS)
+    return orjson.dumps(effective, option=orjson.OPT_SORT_KEYS)
+
+
+def version_of(document: bytes) -> str:
+    return "sha256:" + hashlib.sha256(document).hexdigest()
+
+
 def config_version(settings: Settings) -> str:
     """A stable hash of the effective routing config: topics, policies, outputs and limits.
 
@@ -448,9 +476,48 @@ def config_version(settings: Settings) -> str:
     another cluster or rotating a password does not change a single decision, so auditors should
     not see a new version for it, and a secret never feeds a published hash.
     """
-    effective = settings.model_dump(mode="json", include={"topics", "outputs", "limits"})
-    canonical = orjson.dumps(effective, option=orjson.OPT_SORT_KEYS)
-    return "sha256:" + hashlib.sha256(canonical).hexdigest()
+    return version_of(routing_document(settings))
+
+
+class _Recorded(Settings):
+    """Settings from the values given alone: an override in today's environment must not
+    rewrite a config of the past."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def settings_from_document(document: bytes, current: Settings) -> Settings:
+    """The settings that a recorded routing document stood for: its topics, outputs and limits,
+    everything else (Kafka, processing, the history topic) from ``current``.
+
+    Validated as the model, without the environment (``_Recorded``). ``ConfigError`` if the
+    document is not one.
+    """
+    try:
+        doc = orjson.loads(document)
+        outputs = {**doc["outputs"], "config_history": current.outputs.config_history}
+        return _Recorded(
+            kafka=current.kafka,
+            processing=current.processing,
+            http=current.http,
+            log=current.log,
+            topics=doc["topics"],
+            outputs=outputs,
+            limits=doc["limits"],
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"not a routing document: {type(exc).__name__}: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
