@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from worker.core.records import DLQ_PREFIX
 from worker.core.settings import Settings
-from worker.stream import admin
+from worker.stream import admin, history
 from worker.stream.service import serve
 
 # Room for records of several MB (the test broker's default 1 MiB segments would refuse them).
@@ -28,7 +28,7 @@ BIG = {"max.message.bytes": "8388608", "segment.bytes": "33554432"}
 
 
 def make_settings(bootstrap: str, uid: str, **overrides: Any) -> Settings:
-    """Two input topics with different temperatures, uuid-named outputs and group."""
+    """Two input topics with different temperatures, uuid-named outputs, history and group."""
     base: dict[str, Any] = {
         "kafka": {
             "bootstrap_servers": bootstrap,
@@ -40,6 +40,7 @@ def make_settings(bootstrap: str, uid: str, **overrides: Any) -> Settings:
             "routed": f"routed-{uid}",
             "escalated": f"escalated-{uid}",
             "dead_letter": f"dlq-{uid}",
+            "config_history": f"history-{uid}",
         },
         "topics": {
             f"support-{uid}": {
@@ -61,6 +62,7 @@ async def create_all(settings: Settings, partitions: int = 3) -> None:
     o = settings.outputs
     names = [*settings.topics, o.routed, o.escalated, o.dead_letter]
     await admin.create_topics(settings.kafka, names, partitions, BIG)
+    await history.create_topic(settings.kafka, o.config_history)
 
 
 @contextlib.asynccontextmanager

@@ -32,6 +32,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from worker.core.records import ConsumedRecord, Outbound, Router
 from worker.core.settings import Settings
 from worker.observability.metrics import Metrics
+from worker.stream import history
 from worker.stream.at_least_once import AtLeastOnce
 from worker.stream.connections import FatalError, StopRequested, make_consumer, start_within
 from worker.stream.exactly_once import ExactlyOnce
@@ -92,6 +93,8 @@ class Worker:
             await self.guarantee.open(consumer, stack, stop)
             await start_within(consumer, kafka, "consumer", stop)
             await self._check_topics(consumer)
+            # Recorded before any output names it, so an auditor can always look it up.
+            await history.publish(self.settings)
             await self.fitter.refresh()
             consumer.subscribe(self.inputs, listener=_Listener(self))
             lag = asyncio.create_task(self._refresh_lag(consumer))
@@ -116,7 +119,13 @@ class Worker:
     async def _check_topics(self, consumer: AIOKafkaConsumer) -> None:
         """Refuse to start without our topics: the worker never creates them."""
         outputs = self.settings.outputs
-        needed = {*self.inputs, outputs.routed, outputs.escalated, outputs.dead_letter}
+        needed = {
+            *self.inputs,
+            outputs.routed,
+            outputs.escalated,
+            outputs.dead_letter,
+            outputs.config_history,
+        }
         try:
             existing: set[str] = await consumer.topics()
         except KafkaError as exc:
