@@ -18,7 +18,9 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
+from worker.core.events import EventError, decode_event
 from worker.core.records import DLQ_PREFIX
+from worker.core.routing import Routing, ScoringError, route
 from worker.core.settings import Settings
 from worker.stream import admin, history
 from worker.stream.service import serve
@@ -258,3 +260,39 @@ async def wait_for_progress(settings: Settings, at_least: int, timeout_s: float)
         if time.monotonic() > deadline:
             raise AssertionError(f"only {done} offsets committed, wanted {at_least}")
         await asyncio.sleep(0.1)
+
+
+# --- what a replay should find, computed from the core alone --------------------------------
+
+
+def expected_outcome(settings: Settings, record: Any) -> tuple[str, Routing | str]:
+    """``("scored", routing)`` or ``("dead_letter", reason)`` by the scalar core."""
+    limits = settings.limits
+    try:
+        event = decode_event(
+            record.value, max_bytes=limits.max_event_bytes, max_classes=limits.max_classes
+        )
+        return "scored", route(
+            event.logit_values(), settings.policies()[record.topic], event.labels
+        )
+    except (EventError, ScoringError) as exc:
+        return "dead_letter", exc.code
+
+
+def expected_kind(before: tuple[str, Any], after: tuple[str, Any]) -> str | None:
+    """How the decision changes between two configs, computed from the core alone."""
+    if before[0] == "dead_letter" or after[0] == "dead_letter":
+        if before[0] != after[0]:
+            return "decision"
+        return None if before[1] == after[1] else "reason"
+    a, b = before[1], after[1]
+    if a.decision != b.decision:
+        return "decision"
+    if (a.label, a.scores.class_index) != (b.label, b.scores.class_index):
+        return "label"
+    if a.reason != b.reason:
+        return "reason"
+    diff = max(
+        abs(x - y) for x, y in zip(a.scores.probabilities, b.scores.probabilities, strict=True)
+    )
+    return "probabilities" if diff > 1e-12 else None

@@ -23,6 +23,8 @@ import pytest_asyncio
 
 from tests.integration.helpers import (
     create_all,
+    expected_kind,
+    expected_outcome,
     make_settings,
     read_inputs,
     running_worker,
@@ -124,39 +126,6 @@ def lines_of(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     assert docs[-1]["type"] == "summary"
     assert all(d["type"] == "event" for d in docs[:-1])
     return docs[:-1], docs[-1]
-
-
-def expected_outcome(settings: Settings, record: Any) -> tuple[str, Routing | str]:
-    """``("scored", routing)`` or ``("dead_letter", reason)`` by the scalar core."""
-    limits = settings.limits
-    try:
-        event = decode_event(
-            record.value, max_bytes=limits.max_event_bytes, max_classes=limits.max_classes
-        )
-        return "scored", route(
-            event.logit_values(), settings.policies()[record.topic], event.labels
-        )
-    except (EventError, ScoringError) as exc:
-        return "dead_letter", exc.code
-
-
-def expected_kind(before: tuple[str, Any], after: tuple[str, Any]) -> str | None:
-    """How the decision changes between two configs, computed from the core alone."""
-    if before[0] == "dead_letter" or after[0] == "dead_letter":
-        if before[0] != after[0]:
-            return "decision"
-        return None if before[1] == after[1] else "reason"
-    a, b = before[1], after[1]
-    if a.decision != b.decision:
-        return "decision"
-    if (a.label, a.scores.class_index) != (b.label, b.scores.class_index):
-        return "label"
-    if a.reason != b.reason:
-        return "reason"
-    diff = max(
-        abs(x - y) for x, y in zip(a.scores.probabilities, b.scores.probabilities, strict=True)
-    )
-    return "probabilities" if diff > 1e-12 else None
 
 
 # --- same config: the published decisions come back, byte for byte ------------------------

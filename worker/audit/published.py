@@ -3,8 +3,9 @@
 Routed and escalated outputs name their ``config_version``; its document is looked up in the
 config history (``worker.stream.history``) and turned back into settings (topics, outputs and
 limits from the document, Kafka from the current config). A dead-letter record names no
-version: it is re-scored with the version of the nearest scored output of the same input
-partition in the range (the one before it on a tie), else with the current config. A version
+version: it is re-scored with the version of the scored output before it in the same input
+partition (a partition is routed in offset order, so that is the config then in force), else
+the first one after it, else with the current config. A version
 that the history does not hold cannot be re-scored: such an event is reported as
 ``unknown_version``, never guessed at.
 """
@@ -46,17 +47,15 @@ class AsPublished:
         self._scored = {p: sorted(pairs) for p, pairs in scored.items()}
 
     def version(self, partition: int, offset: int) -> str | None:
-        """The version an event was published with, or its nearest neighbour's."""
+        """The version an event was published with, or that of the scored output before it."""
         own = _recorded(self.originals.get((partition, offset), ()))
         if own is not None:
             return own
         pairs = self._scored.get(partition, [])
         at = bisect.bisect_left(pairs, (offset, ""))
-        before = pairs[at - 1] if at > 0 else None
-        after = pairs[at] if at < len(pairs) else None
-        if before is None or (after is not None and after[0] - offset < offset - before[0]):
-            return after[1] if after is not None else CURRENT
-        return before[1]
+        if at > 0:
+            return pairs[at - 1][1]
+        return pairs[at][1] if at < len(pairs) else CURRENT
 
     def router(self, version: str | None) -> Router | None:
         if version not in self.routers:
