@@ -296,3 +296,21 @@ def expected_kind(before: tuple[str, Any], after: tuple[str, Any]) -> str | None
         abs(x - y) for x, y in zip(a.scores.probabilities, b.scores.probabilities, strict=True)
     )
     return "probabilities" if diff > 1e-12 else None
+
+
+def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``logit-router ARGS`` as a real process."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def lines_of(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A replay report: its event lines and its summary."""
+    docs = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert docs[-1]["type"] == "summary"
+    assert all(d["type"] == "event" for d in docs[:-1])
+    return docs[:-1], docs[-1]

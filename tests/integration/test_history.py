@@ -9,8 +9,6 @@ computation: ``hashlib`` for the versions, ``worker.core.routing.route`` for the
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -24,9 +22,11 @@ import pytest_asyncio
 from aiokafka import TopicPartition
 
 from tests.integration.helpers import (
+    cli,
     create_all,
     expected_kind,
     expected_outcome,
+    lines_of,
     make_settings,
     read_inputs,
     running_worker,
@@ -103,21 +103,6 @@ async def run(kafka_broker: Broker, tmp_path_factory: pytest.TempPathFactory) ->
     )
 
 
-def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-
-
-def report(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    docs = [orjson.loads(line) for line in path.read_bytes().splitlines()]
-    assert docs[-1]["type"] == "summary"
-    return docs[:-1], docs[-1]
-
-
 def sha256(document: bytes) -> str:
     return "sha256:" + hashlib.sha256(document).hexdigest()
 
@@ -172,7 +157,7 @@ def test_a_replay_as_published_across_the_change_has_no_differences(run: Run, co
     proc = cli("replay", "--topic", run.support, "--as-published", "--config", path,
                "--out", out, "--fail-on-diff")  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    events, summary = report(out)
+    events, summary = lines_of(out)
     inputs = run.of(run.support)
     assert len(events) == summary["replayed"] == len(inputs) == 2 * PER_WAVE
     assert (summary["different"], summary["missing"], summary["unknown_version"]) == (0, 0, 0)
@@ -197,7 +182,7 @@ def test_a_replay_with_config_a_differs_exactly_where_b_decided_otherwise(run: R
     out = run.tmp / "with-a.jsonl"
     proc = cli("replay", "--topic", run.support, "--config", run.config_a, "--out", out)
     assert proc.returncode == 0, proc.stderr
-    events, summary = report(out)
+    events, summary = lines_of(out)
     inputs = run.of(run.support)
     want = {
         (r.partition, r.offset): None
@@ -227,7 +212,7 @@ async def test_a_version_missing_from_the_history_is_reported_not_guessed(run: R
                "--out", out, "--fail-on-diff")  # fmt: skip
     assert proc.returncode == 1, proc.stderr  # nothing could be checked
     assert "Traceback" not in proc.stderr
-    events, summary = report(out)
+    events, summary = lines_of(out)
     assert summary["unknown_version"] == summary["replayed"] == 2 * PER_WAVE
     assert set(summary["unknown_versions"]) == {run.a.config_version, run.b.config_version}
     assert sum(summary["unknown_versions"].values()) == 2 * PER_WAVE

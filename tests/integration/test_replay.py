@@ -8,8 +8,6 @@ command (a subprocess), and checks it against an independent computation with
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -22,9 +20,11 @@ import pytest
 import pytest_asyncio
 
 from tests.integration.helpers import (
+    cli,
     create_all,
     expected_kind,
     expected_outcome,
+    lines_of,
     make_settings,
     read_inputs,
     running_worker,
@@ -110,22 +110,6 @@ async def recorded(
     config = tmp / "live.toml"
     config.write_text(toml(settings))
     yield Recorded(settings, config, await read_inputs(settings), tmp)
-
-
-def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-
-
-def lines_of(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    docs = [orjson.loads(line) for line in path.read_bytes().splitlines()]
-    assert docs[-1]["type"] == "summary"
-    assert all(d["type"] == "event" for d in docs[:-1])
-    return docs[:-1], docs[-1]
 
 
 # --- same config: the published decisions come back, byte for byte ------------------------

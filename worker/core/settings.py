@@ -11,7 +11,7 @@ import hashlib
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
 from pydantic import (
@@ -394,6 +394,7 @@ class LogSettings(BaseModel):
 class Settings(BaseSettings):
     # The environment is read by EnvironmentSource, with ENV_PREFIX (see the sources below).
     model_config = SettingsConfigDict(frozen=True, extra="forbid")
+    from_environment: ClassVar[bool] = True  # and secret files; else the values given alone
 
     kafka: KafkaSettings = KafkaSettings()
     outputs: OutputTopics = OutputTopics()
@@ -437,6 +438,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        if not cls.from_environment:
+            return (init_settings,)
         # The environment beats the file (given as init kwargs), as twelve-factor apps expect.
         # Our own reader of it, not pydantic-settings': that one lower-cases a topic's name.
         return EnvironmentSource(settings_cls, ENV_PREFIX), file_secret_settings, init_settings
@@ -483,16 +486,7 @@ class _Recorded(Settings):
     """Settings from the values given alone: an override in today's environment must not
     rewrite a config of the past."""
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
+    from_environment: ClassVar[bool] = False
 
 
 def settings_from_document(document: bytes, current: Settings) -> Settings:
