@@ -218,3 +218,13 @@ async def test_a_version_missing_from_the_history_is_reported_not_guessed(run: R
     assert sum(summary["unknown_versions"].values()) == 2 * PER_WAVE
     assert {e["status"] for e in events} == {"unknown_version"}
     assert f"version unknown    {2 * PER_WAVE}" in proc.stdout
+
+
+async def test_a_version_already_recorded_is_not_written_again(run: Run) -> None:
+    topic = run.a.outputs.config_history
+    before = await admin.end_offsets(run.a.kafka, [topic])
+    first_seen = [e.first_seen_ms for e in await history.read_history(run.a.kafka, topic)]
+    await history.publish(run.a)  # a restart with config A
+    assert await admin.end_offsets(run.a.kafka, [topic]) == before
+    after = [e.first_seen_ms for e in await history.read_history(run.a.kafka, topic)]
+    assert after == first_seen and len(after) == 2

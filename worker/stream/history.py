@@ -4,11 +4,14 @@ Key: the ``config_version`` (UTF-8). Value: the routing document, exactly the by
 is the SHA-256 of (``worker.core.settings.routing_document``). The worker writes it on start,
 before it routes anything, and after every applied reload, with an idempotent producer and
 waiting for the acknowledgement; replicas writing the same version write the same record, and
-compaction keeps one. ``config show``, ``config history`` and ``replay --as-published`` read it.
+compaction keeps one. A version already in the history is not written again, so that
+compaction cannot replace its first record by a later one and move its first-seen time.
+``config show``, ``config history`` and ``replay --as-published`` read it.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from aiokafka.errors import KafkaError
@@ -16,6 +19,8 @@ from aiokafka.errors import KafkaError
 from worker.core.settings import KafkaSettings, Settings, routing_document, version_of
 from worker.stream import admin
 from worker.stream.connections import FatalError, make_producer, start_within, stop_within
+
+log = logging.getLogger(__name__)
 
 # One partition keeps the versions in the order they were written.
 TOPIC_CONFIG = {"cleanup.policy": "compact"}
@@ -32,9 +37,19 @@ class Entry:
 
 
 async def publish(settings: Settings) -> None:
-    """Record ``settings``' routing config in the history topic; ``FatalError`` if it cannot."""
+    """Record ``settings``' routing config in the history topic unless it is there already;
+    ``FatalError`` if it cannot."""
     kafka = settings.kafka
     topic = settings.outputs.config_history
+    try:
+        known = {e.version for e in await read_history(kafka, topic)}
+    except (KafkaError, LookupError, TimeoutError) as exc:  # writing again is harmless
+        log.warning("config history %s not read (%s: %s); recording anyway", topic,
+                    type(exc).__name__, exc)  # fmt: skip
+        known = set()
+    if settings.config_version in known:
+        log.info("config %s is in the history already", settings.config_version)
+        return
     producer = make_producer(kafka)
     await start_within(producer, kafka, "config history producer")
     try:
