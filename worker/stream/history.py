@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import orjson
 from aiokafka.errors import KafkaError
 
 from worker.core.settings import KafkaSettings, Settings, routing_document, version_of
@@ -63,13 +64,15 @@ async def publish(settings: Settings) -> None:
         ) from None
     finally:
         await stop_within(producer, "config history producer")
+    log.info("config %s recorded in %s", settings.config_version, topic)
 
 
 async def read_history(kafka: KafkaSettings, topic: str) -> list[Entry]:
     """Every version in the history, oldest first; ``LookupError`` if the topic is missing.
 
     Read from the beginning to the end offsets of now, committed records only. A record whose
-    value does not hash to its key was not written by a worker and is left out.
+    value does not hash to its key, or is no routing document, was not written by a worker and
+    is left out.
     """
     if not await admin.partitions(kafka, [topic]):
         raise LookupError(f"topic {topic} does not exist (the config history)")
@@ -78,12 +81,20 @@ async def read_history(kafka: KafkaSettings, topic: str) -> list[Entry]:
         if record.key is None or record.value is None:
             continue
         version = record.key.decode(errors="replace")
-        if version_of(record.value) != version:
+        if version_of(record.value) != version or not _routing_document(record.value):
             continue
         seen = found.get(version)
         first = record.timestamp if seen is None else min(seen.first_seen_ms, record.timestamp)
         found[version] = Entry(version, record.value, first)
     return sorted(found.values(), key=lambda e: (e.first_seen_ms, e.version))
+
+
+def _routing_document(value: bytes) -> bool:
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("topics"), dict)
 
 
 async def create_topic(kafka: KafkaSettings, topic: str) -> None:
