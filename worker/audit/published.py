@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from worker.audit.diff import View
+from worker.core.errors import ConfigError
 from worker.core.records import Outbound, Router
 from worker.core.settings import Settings, settings_from_document
 
@@ -68,7 +69,10 @@ class AsPublished:
         document = self.documents.get(version)
         if document is None:
             return None
-        return Router(settings_from_document(document, self.current))
+        try:
+            return Router(settings_from_document(document, self.current))
+        except ConfigError:  # a document this code cannot read counts as one it does not have
+            return None
 
     def process(self, batch: Sequence[Any]) -> list[tuple[Outbound | None, str | None]]:
         """Each record re-scored by its version's router, in order; ``None`` where unknown."""
