@@ -233,7 +233,7 @@ def read_secret_file(path: Path, field: str) -> SecretStr:
 
 
 class OutputTopics(BaseModel):
-    """The three output topics: all different, and none of them an input topic."""
+    """The three output topics and the config history: all different, none an input topic."""
 
     model_config = _FROZEN
 
