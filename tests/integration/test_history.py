@@ -28,7 +28,6 @@ from tests.integration.helpers import (
     expected_outcome,
     lines_of,
     make_settings,
-    read_inputs,
     running_worker,
     wait_until_committed,
     write_config,
@@ -50,17 +49,9 @@ class Run:
     config_a: Path
     config_b: Path
     wave_1_ends: dict[TopicPartition, int]  # inputs below these offsets were routed by A
-    inputs: list[Any]
+    support: str  # the topic whose temperature B changed
+    inputs: list[Any]  # of that topic, in (partition, offset) order
     tmp: Path
-
-    @property
-    def support(self) -> str:
-        return next(t for t in self.a.topics if t.startswith("support"))
-
-    def of(self, topic: str) -> list[Any]:
-        return sorted(
-            (r for r in self.inputs if r.topic == topic), key=lambda r: (r.partition, r.offset)
-        )
 
     def routed_by_a(self, record: Any) -> bool:
         end = self.wave_1_ends[TopicPartition(record.topic, record.partition)]
@@ -98,7 +89,8 @@ async def run(kafka_broker: Broker, tmp_path_factory: pytest.TempPathFactory) ->
         write_config(a, tmp / "a.toml"),
         write_config(b, tmp / "b.toml"),
         ends,
-        await read_inputs(a),
+        support,
+        sorted(await admin.read_topic(a.kafka, support), key=lambda r: (r.partition, r.offset)),
         tmp,
     )
 
@@ -158,7 +150,7 @@ def test_a_replay_as_published_across_the_change_has_no_differences(run: Run, co
                "--out", out, "--fail-on-diff")  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     events, summary = lines_of(out)
-    inputs = run.of(run.support)
+    inputs = run.inputs
     assert len(events) == summary["replayed"] == len(inputs) == 2 * PER_WAVE
     assert (summary["different"], summary["missing"], summary["unknown_version"]) == (0, 0, 0)
     assert summary["identical"] == summary["same_bytes"] == len(inputs)
@@ -183,7 +175,7 @@ def test_a_replay_with_config_a_differs_exactly_where_b_decided_otherwise(run: R
     proc = cli("replay", "--topic", run.support, "--config", run.config_a, "--out", out)
     assert proc.returncode == 0, proc.stderr
     events, summary = lines_of(out)
-    inputs = run.of(run.support)
+    inputs = run.inputs
     want = {
         (r.partition, r.offset): None
         if run.routed_by_a(r)
