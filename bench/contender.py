@@ -107,6 +107,9 @@ async def run_contender(run: Run, c: Contender, rate: float | None) -> dict[str,
     latency_inputs = {f"{prefix}-lat-w{w}": w for w in WIDTHS}
     await create_topics(run, list(outputs.values()), OUTPUT_CONFIG)
     await create_topics(run, list(latency_inputs), INPUT_CONFIG)
+    # The worker records its config before it starts; the others ignore the name.
+    config_history = f"{prefix}-config-history"
+    await create_topics(run, [config_history], {"cleanup.policy": "compact"})
     spec: Spec = {
         "kind": c.kind,
         "bootstrap": run.bootstrap,
@@ -114,7 +117,7 @@ async def run_contender(run: Run, c: Contender, rate: float | None) -> dict[str,
         "inputs": {
             t: {**POLICIES[w], **c.policy} for t, w in {**run.inputs, **latency_inputs}.items()
         },
-        "outputs": outputs,
+        "outputs": {**outputs, "config_history": config_history},
         "kafka": run.kafka,
         "processing": {**run.processing, **c.processing},
         "quix_commit_interval": run.quix_commit_interval,

@@ -41,7 +41,8 @@ class Spec(TypedDict):
     bootstrap: str
     group: str
     inputs: dict[str, dict[str, Any]]  # input topic -> policy
-    outputs: dict[str, str]  # routed, escalated, dead_letter (raw writes only to routed)
+    # routed, escalated, dead_letter (raw writes only to routed), config_history (worker only)
+    outputs: dict[str, str]
     kafka: dict[str, Any]  # overrides of the worker's [kafka] table (raw uses them too)
     processing: dict[str, Any]  # overrides of the worker's [processing] table
     quix_commit_interval: float

@@ -18,9 +18,11 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
+from worker.core.events import EventError, decode_event
 from worker.core.records import DLQ_PREFIX
+from worker.core.routing import Routing, ScoringError, route
 from worker.core.settings import Settings
-from worker.stream import admin
+from worker.stream import admin, history
 from worker.stream.service import serve
 
 # Room for records of several MB (the test broker's default 1 MiB segments would refuse them).
@@ -28,7 +30,7 @@ BIG = {"max.message.bytes": "8388608", "segment.bytes": "33554432"}
 
 
 def make_settings(bootstrap: str, uid: str, **overrides: Any) -> Settings:
-    """Two input topics with different temperatures, uuid-named outputs and group."""
+    """Two input topics with different temperatures, uuid-named outputs, history and group."""
     base: dict[str, Any] = {
         "kafka": {
             "bootstrap_servers": bootstrap,
@@ -40,6 +42,7 @@ def make_settings(bootstrap: str, uid: str, **overrides: Any) -> Settings:
             "routed": f"routed-{uid}",
             "escalated": f"escalated-{uid}",
             "dead_letter": f"dlq-{uid}",
+            "config_history": f"history-{uid}",
         },
         "topics": {
             f"support-{uid}": {
@@ -61,6 +64,7 @@ async def create_all(settings: Settings, partitions: int = 3) -> None:
     o = settings.outputs
     names = [*settings.topics, o.routed, o.escalated, o.dead_letter]
     await admin.create_topics(settings.kafka, names, partitions, BIG)
+    await history.create_topic(settings.kafka, o.config_history)
 
 
 @contextlib.asynccontextmanager
@@ -257,3 +261,57 @@ async def wait_for_progress(settings: Settings, at_least: int, timeout_s: float)
         if time.monotonic() > deadline:
             raise AssertionError(f"only {done} offsets committed, wanted {at_least}")
         await asyncio.sleep(0.1)
+
+
+# --- what a replay should find, computed from the core alone --------------------------------
+
+
+def expected_outcome(settings: Settings, record: Any) -> tuple[str, Routing | str]:
+    """``("scored", routing)`` or ``("dead_letter", reason)`` by the scalar core."""
+    limits = settings.limits
+    try:
+        event = decode_event(
+            record.value, max_bytes=limits.max_event_bytes, max_classes=limits.max_classes
+        )
+        return "scored", route(
+            event.logit_values(), settings.policies()[record.topic], event.labels, event.id
+        )
+    except (EventError, ScoringError) as exc:
+        return "dead_letter", exc.code
+
+
+def expected_kind(before: tuple[str, Any], after: tuple[str, Any]) -> str | None:
+    """How the decision changes between two configs, computed from the core alone."""
+    if before[0] == "dead_letter" or after[0] == "dead_letter":
+        if before[0] != after[0]:
+            return "decision"
+        return None if before[1] == after[1] else "reason"
+    a, b = before[1], after[1]
+    if a.decision != b.decision:
+        return "decision"
+    if (a.label, a.scores.class_index) != (b.label, b.scores.class_index):
+        return "label"
+    if a.reason != b.reason:
+        return "reason"
+    diff = max(
+        abs(x - y) for x, y in zip(a.scores.probabilities, b.scores.probabilities, strict=True)
+    )
+    return "probabilities" if diff > 1e-12 else None
+
+
+def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``logit-router ARGS`` as a real process."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def lines_of(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A replay report: its event lines and its summary."""
+    docs = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert docs[-1]["type"] == "summary"
+    assert all(d["type"] == "event" for d in docs[:-1])
+    return docs[:-1], docs[-1]

@@ -37,7 +37,7 @@ from tests.unit.deploy_files import (
     service,
 )
 from worker.core.settings import ENV_PREFIX, Settings, load_settings
-from worker.stream import admin
+from worker.stream import admin, history
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +106,8 @@ def renamed_config(uid: str, tmp_path: Path) -> tuple[Path, dict[str, str]]:
     text = COMPOSE_CONFIG.read_text()
     deployed = load_settings(COMPOSE_CONFIG)
     o = deployed.outputs
-    names = {t: f"{t}-{uid}" for t in [*deployed.topics, o.routed, o.escalated, o.dead_letter]}
+    topics = [*deployed.topics, o.routed, o.escalated, o.dead_letter, o.config_history]
+    names = {t: f"{t}-{uid}" for t in topics}
     for old, new in names.items():
         assert f'"{old}"' in text
         text = text.replace(f'"{old}"', f'"{new}"')
@@ -185,6 +186,7 @@ async def test_compose_workers_and_producer_run_drain_and_stop_cleanly(
     await admin.create_topics(
         settings.kafka, [*settings.topics, o.routed, o.escalated, o.dead_letter], partitions, big
     )
+    await history.create_topic(settings.kafka, o.config_history)
 
     # the sample producer: its compose command, pointed at the session broker and renamed topics
     p_argv = effective_command(producer_svc)

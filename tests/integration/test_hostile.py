@@ -26,7 +26,7 @@ from tests.integration.hostile_corpus import EDGES, HOSTILE, Hostile
 from worker.core.records import DLQ_PREFIX
 from worker.core.routing import route
 from worker.core.settings import Settings
-from worker.stream import admin
+from worker.stream import admin, history
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +107,7 @@ async def test_hostile_records_are_dead_lettered_and_the_stream_goes_on(
     o = settings.outputs
     names = [*settings.topics, o.routed, o.escalated, o.dead_letter]
     await admin.create_topics(settings.kafka, names, PARTITIONS, TOPIC_CONFIG)
+    await history.create_topic(settings.kafka, o.config_history)
     records = plan(settings)
     registry = CollectorRegistry()
     async with running_worker(settings, registry):

@@ -21,7 +21,7 @@ from tests.integration.helpers import (
 from worker.core.records import DLQ_PREFIX
 from worker.core.settings import Settings
 from worker.devkit import traffic
-from worker.stream import admin
+from worker.stream import admin, history
 from worker.stream.connections import make_admin
 from worker.stream.service import serve
 
@@ -49,6 +49,7 @@ async def setup(bootstrap: str, uid: str, guarantee: str) -> tuple[Settings, str
     await admin.create_topics(k, [*settings.topics, o.escalated], 1, BIG)
     await admin.create_topics(k, [o.routed], 1, {"max.message.bytes": str(ROUTED_LIMIT)})
     await admin.create_topics(k, [o.dead_letter], 1, {"max.message.bytes": str(DLQ_LIMIT)})
+    await history.create_topic(k, o.config_history)
     return settings, topic
 
 

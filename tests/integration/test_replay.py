@@ -8,8 +8,6 @@ command (a subprocess), and checks it against an independent computation with
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -22,7 +20,11 @@ import pytest
 import pytest_asyncio
 
 from tests.integration.helpers import (
+    cli,
     create_all,
+    expected_kind,
+    expected_outcome,
+    lines_of,
     make_settings,
     read_inputs,
     running_worker,
@@ -108,55 +110,6 @@ async def recorded(
     config = tmp / "live.toml"
     config.write_text(toml(settings))
     yield Recorded(settings, config, await read_inputs(settings), tmp)
-
-
-def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-
-
-def lines_of(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    docs = [orjson.loads(line) for line in path.read_bytes().splitlines()]
-    assert docs[-1]["type"] == "summary"
-    assert all(d["type"] == "event" for d in docs[:-1])
-    return docs[:-1], docs[-1]
-
-
-def expected_outcome(settings: Settings, record: Any) -> tuple[str, Routing | str]:
-    """``("scored", routing)`` or ``("dead_letter", reason)`` by the scalar core."""
-    limits = settings.limits
-    try:
-        event = decode_event(
-            record.value, max_bytes=limits.max_event_bytes, max_classes=limits.max_classes
-        )
-        return "scored", route(
-            event.logit_values(), settings.policies()[record.topic], event.labels, event.id
-        )
-    except (EventError, ScoringError) as exc:
-        return "dead_letter", exc.code
-
-
-def expected_kind(before: tuple[str, Any], after: tuple[str, Any]) -> str | None:
-    """How the decision changes between two configs, computed from the core alone."""
-    if before[0] == "dead_letter" or after[0] == "dead_letter":
-        if before[0] != after[0]:
-            return "decision"
-        return None if before[1] == after[1] else "reason"
-    a, b = before[1], after[1]
-    if a.decision != b.decision:
-        return "decision"
-    if (a.label, a.scores.class_index) != (b.label, b.scores.class_index):
-        return "label"
-    if a.reason != b.reason:
-        return "reason"
-    diff = max(
-        abs(x - y) for x, y in zip(a.scores.probabilities, b.scores.probabilities, strict=True)
-    )
-    return "probabilities" if diff > 1e-12 else None
 
 
 # --- same config: the published decisions come back, byte for byte ------------------------

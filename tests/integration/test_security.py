@@ -67,7 +67,7 @@ def worker_config(settings: Settings, kafka: dict[str, Any], path: Path, guarant
     lines += [f"{k} = {toml(v)}" for k, v in {**base, **kafka}.items()]
     o = settings.outputs
     lines += ["[outputs]", f"routed = {toml(o.routed)}", f"escalated = {toml(o.escalated)}"]
-    lines += [f"dead_letter = {toml(o.dead_letter)}"]
+    lines += [f"dead_letter = {toml(o.dead_letter)}", f"config_history = {toml(o.config_history)}"]
     lines += ["[http]", "enabled = true", "port = 0", "[processing]"]
     lines += [f"guarantee = {toml(guarantee)}", "drain_timeout_s = 10"]
     for topic, policy in settings.topics.items():

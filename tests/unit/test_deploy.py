@@ -309,12 +309,14 @@ def test_topic_init_creates_exactly_the_configured_topics(
     outputs = settings.outputs
     assert env["INPUT_TOPICS"].split() == list(settings.topics)
     assert env["OUTPUT_TOPICS"].split() == [outputs.routed, outputs.escalated, outputs.dead_letter]
+    assert env["HISTORY_TOPIC"] == outputs.config_history
     assert int(env["PARTITIONS"]) >= service("worker")["deploy"]["replicas"], (
         "a replica without partitions sits idle and never reports ready"
     )
     assert int(env["MAX_MESSAGE_BYTES"]) > settings.limits.max_event_bytes
     script = "\n".join(effective_command_of_init(init))
     assert "kafka-topics.sh" in script and "--if-not-exists" in script
+    assert '--topic "$$HISTORY_TOPIC"' in script and "cleanup.policy=compact" in script
     # every variable the script reads ($$ escapes compose interpolation) is set for it
     read = set(re.findall(r"\$\$\{?(\w+)", script))
     loop_vars = set(re.findall(r"for (\w+) in", script))

@@ -14,6 +14,9 @@ How it works, in order:
 4. Each event is judged against its originals (``worker.audit.diff``) and written as one JSON line;
    a summary line ends the file.
 
+With ``as_published``, step 3 re-scores each event with the config version its output names,
+from the config history, instead of one config (``worker.audit.published``).
+
 Nothing here joins the worker's consumer group or commits (consumers are group-less and
 hand-assigned), and nothing is written to the live output topics: ``--to-topic`` refuses them
 and the input topics. The output has no wall-clock time and a fixed order (partition, offset;
@@ -40,9 +43,10 @@ from worker.audit.diff import (
     worst,
 )
 from worker.audit.progress import Progress
+from worker.audit.published import AsPublished
 from worker.core.records import Router
 from worker.core.settings import Settings
-from worker.stream import admin
+from worker.stream import admin, history
 from worker.stream.connections import make_producer
 
 JSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
@@ -69,6 +73,7 @@ class Tally:
     same_bytes: int = 0
     different: int = 0
     missing: int = 0
+    unknown_version: int = 0
     dead_lettered: int = 0
     published_more_than_once: int = 0
     max_abs_diff: float | None = None
@@ -82,6 +87,9 @@ class Tally:
 
     def add(self, line: dict[str, Any]) -> None:
         self.replayed += 1
+        if line["status"] == "unknown_version":
+            self.unknown_version += 1
+            return
         replay, original = line["replay"], line["original"]
         if replay["decision"] == "dead_letter":
             self.dead_lettered += 1
@@ -132,6 +140,7 @@ class Tally:
             "different": self.different,
             "differences": differences,
             "missing": self.missing,
+            "unknown_version": self.unknown_version,
             "dead_lettered": self.dead_lettered,
             "dead_letter_reasons": dict(sorted(self.dead_letter_reasons.items())),
             "published_more_than_once": self.published_more_than_once,
@@ -143,23 +152,8 @@ def judge(
     record: Any, replayed: View, originals: Sequence[View], tolerance: float
 ) -> dict[str, Any]:
     """One event's line: what the replay decides, what was published, and how they differ."""
-    line: dict[str, Any] = {
-        "type": "event",
-        "source": {
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "timestamp": record.timestamp,
-        },
-        "id": replayed.id,
-        "replay": replayed.public(),
-        "originals": len(originals),
-        "original": None,
-        "status": "missing",
-        "kind": None,
-        "max_abs_diff": None,
-        "same_bytes": None,
-    }
+    line = _event_line(record, replayed.id, originals)
+    line["replay"] = replayed.public()
     if not originals:
         return line
     original, kind = worst(originals, replayed, tolerance)
@@ -172,6 +166,37 @@ def judge(
         same_bytes=all(o.raw == replayed.raw for o in originals),
     )
     return line
+
+
+def unknown_version(record: Any, version: str | None, originals: Sequence[View]) -> dict[str, Any]:
+    """The line of an event that cannot be re-scored: the history lacks its version."""
+    line = _event_line(record, originals[0].id if originals else None, originals)
+    line.update(
+        status="unknown_version",
+        config_version=version,
+        original=originals[0].public() if originals else None,
+    )
+    return line
+
+
+def _event_line(record: Any, event_id: str | None, originals: Sequence[View]) -> dict[str, Any]:
+    return {
+        "type": "event",
+        "source": {
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "timestamp": record.timestamp,
+        },
+        "id": event_id,
+        "replay": None,
+        "originals": len(originals),
+        "original": None,
+        "status": "missing",
+        "kind": None,
+        "max_abs_diff": None,
+        "same_bytes": None,
+    }
 
 
 async def read_originals(
@@ -206,9 +231,12 @@ async def read_originals(
     return found
 
 
-def check_target(settings: Settings, topic: str, to_topic: str | None) -> None:
-    """``--to-topic`` must be a topic of its own: never a live output, never an input."""
-    if topic not in settings.topics:
+def check_target(
+    settings: Settings, topic: str, to_topic: str | None, as_published: bool = False
+) -> None:
+    """The topic needs a policy (unless the history gives it one), and ``--to-topic`` must be
+    a topic of its own: never a live output, never an input."""
+    if topic not in settings.topics and not as_published:
         known = ", ".join(sorted(settings.topics))
         raise ReplayRefused(f"topic {topic} has no policy in the config (configured: {known})")
     if to_topic is None:
@@ -232,9 +260,10 @@ async def replay(
     to_topic: str | None = None,
     tolerance: float = 0.0,
     progress: bool | None = None,
+    as_published: bool = False,
 ) -> dict[str, Any]:
     """Replay the range; ``write`` gets each JSON line; return the summary."""
-    check_target(settings, topic, to_topic)
+    check_target(settings, topic, to_topic, as_published)
     kafka = settings.kafka
     spans = await ranges.resolve(kafka, topic, start, end)
     if to_topic is not None and not await admin.partitions(kafka, [to_topic]):
@@ -242,6 +271,7 @@ async def replay(
     originals = await read_originals(
         settings, topic, spans, Progress("originals", 0, enabled=progress)
     )
+    published = await _published(settings, originals) if as_published else None
     router = Router(settings)
     tally = Tally()
     bar = Progress("replay", sum(s.size for s in spans), enabled=progress)
@@ -251,17 +281,26 @@ async def replay(
     try:
         batch_size = settings.processing.batch_records
         async for batch in ranges.read(kafka, spans, batch_size, bar.advance):
-            outbound = router.process(batch)
-            for rec, out in zip(batch, outbound, strict=True):
+            if published is not None:
+                scored = published.process(batch)
+            else:
+                scored = [(o, settings.config_version) for o in router.process(batch)]
+            for rec, (out, version) in zip(batch, scored, strict=True):
                 found = originals.by_offset.get((rec.partition, rec.offset), [])
-                line = judge(rec, view_of_outbound(out), found, tolerance)
+                if out is None:
+                    line = unknown_version(rec, version, found)
+                else:
+                    line = judge(rec, view_of_outbound(out), found, tolerance)
+                if published is not None:  # a dead letter's view names no version: say it here
+                    line["config_version"] = version or settings.config_version
                 tally.add(line)
                 if write is not None:
                     write(orjson.dumps(line, option=JSON_OPTS))
             if producer is not None:
                 futures = [
                     await producer.send(to_topic, o.value, key=o.key, headers=o.headers)
-                    for o in outbound
+                    for o, _ in scored
+                    if o is not None
                 ]
                 for future in futures:
                     await future
@@ -271,9 +310,20 @@ async def replay(
         bar.close()
     summary = tally.summary(topic, spans, settings)
     summary["unrecognised_outputs"] = originals.unrecognised
+    summary["as_published"] = as_published
+    if published is not None:
+        summary["versions_used"] = dict(sorted(published.used.items()))
+        summary["unknown_versions"] = dict(sorted(published.unknown.items()))
     if write is not None:
         write(orjson.dumps(summary, option=JSON_OPTS))
     return summary
+
+
+async def _published(settings: Settings, originals: Originals) -> AsPublished:
+    """Each event's recorded version, with the documents of the config history."""
+    recorded = await history.read_history(settings.kafka, settings.outputs.config_history)
+    documents = {e.version: e.document for e in recorded}
+    return AsPublished(settings, documents, originals.by_offset)
 
 
 def human(summary: dict[str, Any]) -> str:
@@ -283,7 +333,7 @@ def human(summary: dict[str, Any]) -> str:
     ]
     lines = [
         f"replay of {summary['topic']} ({ranges.describe(spans)})",
-        f"  config             {summary['config_version']}",
+        _config_line(summary),
         f"  replayed           {summary['replayed']}",
         f"  identical          {summary['identical']}  ({summary['same_bytes']} byte for byte)",
         f"  different          {summary['different']}",
@@ -301,6 +351,11 @@ def human(summary: dict[str, Any]) -> str:
             f"      e.g. {src['topic']}[{src['partition']}]@{src['offset']} id={ex['id']}: "
             f"{_said(before)} -> {_said(after)}"
         )
+    if summary["unknown_version"]:
+        unknown = ", ".join(_short(v) for v in summary["unknown_versions"])
+        lines.append(
+            f"  version unknown    {summary['unknown_version']}  (not in history: {unknown})"
+        )
     lines += [
         f"  original missing   {summary['missing']}",
         f"  dead-lettered      {summary['dead_lettered']}"
@@ -311,6 +366,13 @@ def human(summary: dict[str, Any]) -> str:
     if summary["max_abs_diff"] is not None:
         lines.append(f"  max |dp|           {summary['max_abs_diff']:.3g}")
     return "\n".join(lines) + "\n"
+
+
+def _config_line(summary: dict[str, Any]) -> str:
+    if not summary["as_published"]:
+        return f"  config             {summary['config_version']}"
+    used = "; ".join(f"{_short(v)} ({n})" for v, n in summary["versions_used"].items())
+    return f"  config             as published: {used or 'none'}"
 
 
 def _by_text(item: tuple[tuple[str | None, str | None], int]) -> tuple[str, str]:
@@ -342,5 +404,6 @@ def _reasons(reasons: dict[str, int]) -> str:
 
 
 def differs(summary: dict[str, Any]) -> bool:
-    """What ``--fail-on-diff`` fails on: any difference, or an original that cannot be found."""
-    return bool(summary["different"] or summary["missing"])
+    """What ``--fail-on-diff`` fails on: any difference, an original that cannot be found, or
+    a version the history does not hold."""
+    return bool(summary["different"] or summary["missing"] or summary["unknown_version"])

@@ -10,12 +10,10 @@ or matplotlib missing for a chart.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
@@ -24,49 +22,18 @@ from worker.cli.common import (
     EXIT_OK,
     Parser,
     UsageError,
+    configure_logs,
     existing_file,
     float_list,
     labels,
+    load_config,
     positive_int,
     probability,
+    reachable,
+    run_async,
     temperature,
     temperatures,
 )
-
-T = TypeVar("T")
-
-
-def _configure_logs() -> None:
-    from worker.observability import logs
-
-    logs.configure("WARNING")  # failures reach the user as one line from the command
-
-
-async def reachable(kafka: Any) -> None:
-    """Wait for the brokers as the worker does, up to ``kafka.connect_timeout_s``."""
-    from worker.stream.connections import make_admin, start_within
-
-    client = make_admin(kafka)
-    await start_within(client, kafka, "admin client")
-    await client.close()
-
-
-def _run_async(command: str, work: Callable[[], Coroutine[Any, Any, T]]) -> T | int:
-    """Run ``work``; a refusal becomes ``UsageError``, a runtime failure one line and exit 1."""
-    from aiokafka.errors import KafkaError
-
-    from worker.audit.ranges import RangeError
-    from worker.audit.replay import ReplayRefused
-    from worker.stream.connections import FatalError
-
-    try:
-        return asyncio.run(work())
-    except (RangeError, ReplayRefused) as exc:
-        raise UsageError(f"logit-router {command}: {exc}") from None
-    except (LookupError, TimeoutError, KafkaError, FatalError, OSError) as exc:
-        text = str(exc) or type(exc).__name__
-        sys.stderr.write(f"logit-router {command}: {text}\n")
-        return EXIT_FAILURE
 
 
 def _check_order(command: str, args: argparse.Namespace) -> None:
@@ -78,23 +45,18 @@ def _check_order(command: str, args: argparse.Namespace) -> None:
         raise UsageError(f"logit-router {command}: {exc}") from None
 
 
-def _settings(config: Path | None) -> Any:
-    from worker.core.settings import load_settings
-
-    return load_settings(config)  # ConfigError -> exit 2 in main
-
-
 # --- replay ------------------------------------------------------------------------------
 
 
 def replay_command(args: argparse.Namespace) -> int:
     from worker.audit import replay
 
-    _configure_logs()
-    settings = _settings(args.config)
+    configure_logs()
+    settings = load_config(args.config)
     _check_order("replay", args)
     try:
-        replay.check_target(settings, args.topic, args.to_topic)  # refuse before any I/O
+        # refused before any I/O
+        replay.check_target(settings, args.topic, args.to_topic, args.as_published)
     except replay.ReplayRefused as exc:
         raise UsageError(f"logit-router replay: {exc}") from None
     to_stdout = args.out == "-"
@@ -115,10 +77,11 @@ def replay_command(args: argparse.Namespace) -> int:
             write=sink.write if sink is not None else None,
             to_topic=args.to_topic,
             tolerance=args.tolerance,
+            as_published=args.as_published,
         )
 
     try:
-        result = _run_async("replay", work)
+        result = run_async("replay", work)
     finally:
         if sink is not None and not to_stdout:
             sink.close()
@@ -145,7 +108,7 @@ def _load(command: str, args: argparse.Namespace) -> tuple[Any, Any, dict[str, A
     if args.input is not None:
         if args.start is not None or args.end is not None:
             raise UsageError(f"logit-router {command}: --from/--to read topics, not --input")
-        settings = _settings(args.config) if args.config is not None else None
+        settings = load_config(args.config) if args.config is not None else None
         limits = settings.limits if settings is not None else None
         try:
             from_file = sources.from_file(args.input, args.topic, limits)
@@ -153,7 +116,7 @@ def _load(command: str, args: argparse.Namespace) -> tuple[Any, Any, dict[str, A
             raise UsageError(f"logit-router {command}: cannot read {args.input}: {exc}") from None
         return _some_events(command, str(args.input), (settings, from_file, {}))
     _check_order(command, args)
-    settings = _settings(args.config)
+    settings = load_config(args.config)
     topics = args.topic or sorted(settings.topics)
     if len(topics) > 1 and any(b is not None and b.offsets for b in (args.start, args.end)):
         raise UsageError(f"logit-router {command}: partition:offset bounds need a single --topic")
@@ -162,7 +125,7 @@ def _load(command: str, args: argparse.Namespace) -> tuple[Any, Any, dict[str, A
         await reachable(settings.kafka)
         return await sources.from_topics(settings, topics, args.start, args.end)
 
-    result = _run_async(command, work)
+    result = run_async(command, work)
     if isinstance(result, int):
         return result
     loaded, spans = result
@@ -202,7 +165,7 @@ def _current(settings: Any, topic: str) -> Any:
 def whatif_command(args: argparse.Namespace) -> int:
     from worker.audit import plot, whatif
 
-    _configure_logs()
+    configure_logs()
     if args.png is not None:
         _need_matplotlib("whatif")
     temperatures = args.temperatures or list(whatif.LAB_TEMPERATURES)
@@ -293,7 +256,7 @@ _MARGINS_ONLY = ("config", "topic", "start", "end", "input", "temperature", "bin
 
 
 def plot_command(args: argparse.Namespace) -> int:
-    _configure_logs()
+    configure_logs()
     if args.chart == "temperature":
         _refuse(args, _MARGINS_ONLY, "the temperature chart")
         if args.logits is None:
@@ -417,7 +380,17 @@ def _add_replay(sub: argparse._SubParsersAction[Parser]) -> None:
         "replay", help="re-score a topic range and diff it against what was published"
     )
     p.add_argument("--topic", required=True, help="the input topic to replay")
-    _range_arguments(p, "TOML config to re-score with (default: from the environment)")
+    _range_arguments(
+        p,
+        "TOML config to re-score with (default: from the environment); with --as-published, "
+        "where to read, and the config for events that no output names a version for",
+    )
+    p.add_argument(
+        "--as-published",
+        action="store_true",
+        help="re-score each event with the config version its output names, from the config "
+        "history, instead of one config",
+    )
     p.add_argument(
         "--out", default=None, help="JSONL report: one line per event, then a summary; - for stdout"
     )

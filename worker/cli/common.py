@@ -1,13 +1,16 @@
 """What every command shares: exit codes, the one-line usage error, the argument parser and the
-argument converters. Values are checked here, at the edge, and trusted after."""
+argument converters, and running a command's Kafka work. Values are checked here, at the edge,
+and trusted after."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from worker.core import rules
 
@@ -17,6 +20,7 @@ EXIT_USAGE = 2
 
 V = TypeVar("V")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -97,3 +101,46 @@ def positive_int(text: str) -> int:
 
 def port(text: str) -> int:
     return _whole(text, 0, 65535, "not a port number (0 to 65535)")
+
+
+# --- commands that read Kafka --------------------------------------------------------------
+
+
+def configure_logs() -> None:
+    from worker.observability import logs
+
+    logs.configure("WARNING")  # failures reach the user as one line from the command
+
+
+def load_config(config: Path | None) -> Any:
+    """The settings from ``--config`` and the environment; ``ConfigError`` is exit 2 in main."""
+    from worker.core.settings import load_settings
+
+    return load_settings(config)
+
+
+async def reachable(kafka: Any) -> None:
+    """Wait for the brokers as the worker does, up to ``kafka.connect_timeout_s``."""
+    from worker.stream.connections import make_admin, start_within
+
+    client = make_admin(kafka)
+    await start_within(client, kafka, "admin client")
+    await client.close()
+
+
+def run_async(command: str, work: Callable[[], Coroutine[Any, Any, T]]) -> T | int:
+    """Run ``work``; a refusal becomes ``UsageError``, a runtime failure one line and exit 1."""
+    from aiokafka.errors import KafkaError
+
+    from worker.audit.ranges import RangeError
+    from worker.audit.replay import ReplayRefused
+    from worker.stream.connections import FatalError
+
+    try:
+        return asyncio.run(work())
+    except (RangeError, ReplayRefused) as exc:
+        raise UsageError(f"logit-router {command}: {exc}") from None
+    except (LookupError, TimeoutError, KafkaError, FatalError, OSError) as exc:
+        text = str(exc) or type(exc).__name__
+        sys.stderr.write(f"logit-router {command}: {text}\n")
+        return EXIT_FAILURE

@@ -11,7 +11,7 @@ import hashlib
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
 from pydantic import (
@@ -36,7 +36,7 @@ from worker.core.environment import EnvironmentSource
 from worker.core.errors import ConfigError
 from worker.core.routing import Policy
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["ConfigError", "Settings", "load_settings", "routing_document", "version_of"]
 
 ENV_PREFIX = "LOGIT_ROUTER_"
 MASK = "'**********'"  # what a secret's value is shown as
@@ -236,7 +236,7 @@ def read_secret_file(path: Path, field: str) -> SecretStr:
 
 
 class OutputTopics(BaseModel):
-    """The three output topics: all different, and none of them an input topic."""
+    """The three output topics and the config history: all different, none an input topic."""
 
     model_config = _FROZEN
 
@@ -255,12 +255,19 @@ class OutputTopics(BaseModel):
         min_length=1,
         description="Records that cannot be scored, unchanged, with the reason in headers.",
     )
+    config_history: str = Field(
+        "logit-router.config-history",
+        min_length=1,
+        description="A compacted topic where the worker records each routing config it runs "
+        "(key: its `config_version`, value: the document hashed), for `config show` and "
+        "`replay --as-published`. Not part of the hash itself.",
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> OutputTopics:
-        names = [self.routed, self.escalated, self.dead_letter]
-        if len(set(names)) != 3:
-            raise ValueError(f"output topics must be three different topics, got {names}")
+        names = [self.routed, self.escalated, self.dead_letter, self.config_history]
+        if len(set(names)) != len(names):
+            raise ValueError(f"output topics must be four different topics, got {names}")
         return self
 
 
@@ -431,6 +438,7 @@ class LogSettings(BaseModel):
 class Settings(BaseSettings):
     # The environment is read by EnvironmentSource, with ENV_PREFIX (see the sources below).
     model_config = SettingsConfigDict(frozen=True, extra="forbid")
+    from_environment: ClassVar[bool] = True  # and secret files; else the values given alone
 
     kafka: KafkaSettings = KafkaSettings()
     outputs: OutputTopics = OutputTopics()
@@ -458,7 +466,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _inputs_are_not_outputs(self) -> Settings:
-        outputs = {self.outputs.routed, self.outputs.escalated, self.outputs.dead_letter}
+        o = self.outputs
+        outputs = {o.routed, o.escalated, o.dead_letter, o.config_history}
         loops = sorted(outputs & set(self.topics))
         if loops:
             raise ValueError(f"input topics {loops} are also output topics")
@@ -473,6 +482,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        if not cls.from_environment:
+            return (init_settings,)
         # The environment beats the file (given as init kwargs), as twelve-factor apps expect.
         # Our own reader of it, not pydantic-settings': that one lower-cases a topic's name.
         return EnvironmentSource(settings_cls, ENV_PREFIX), file_secret_settings, init_settings
@@ -485,6 +496,26 @@ class Settings(BaseSettings):
         return config_version(self)
 
 
+# What a decision depends on. The history topic's name is left out: it changes no decision,
+# and leaving it out kept every version from before it existed.
+ROUTING_FIELDS: dict[str, Any] = {
+    "topics": True,
+    "outputs": {"routed", "escalated", "dead_letter"},
+    "limits": True,
+}
+
+
+def routing_document(settings: Settings) -> bytes:
+    """The canonical routing config: the bytes ``config_version`` is the hash of, and the value
+    the worker records in the history topic (JSON, keys sorted, no spaces)."""
+    effective = settings.model_dump(mode="json", include=ROUTING_FIELDS)
+    return orjson.dumps(effective, option=orjson.OPT_SORT_KEYS)
+
+
+def version_of(document: bytes) -> str:
+    return "sha256:" + hashlib.sha256(document).hexdigest()
+
+
 def config_version(settings: Settings) -> str:
     """A stable hash of the effective routing config: topics, policies, outputs and limits.
 
@@ -492,9 +523,39 @@ def config_version(settings: Settings) -> str:
     another cluster or rotating a password does not change a single decision, so auditors should
     not see a new version for it, and a secret never feeds a published hash.
     """
-    effective = settings.model_dump(mode="json", include={"topics", "outputs", "limits"})
-    canonical = orjson.dumps(effective, option=orjson.OPT_SORT_KEYS)
-    return "sha256:" + hashlib.sha256(canonical).hexdigest()
+    return version_of(routing_document(settings))
+
+
+class _Recorded(Settings):
+    """Settings from the values given alone: an override in today's environment must not
+    rewrite a config of the past."""
+
+    from_environment: ClassVar[bool] = False
+
+
+def settings_from_document(document: bytes, current: Settings) -> Settings:
+    """The settings that a recorded routing document stood for: its topics, outputs and limits,
+    everything else (Kafka, processing, the history topic) from ``current``.
+
+    Validated as the model, without the environment (``_Recorded``). ``ConfigError`` if the
+    document is not one.
+    """
+    try:
+        doc = orjson.loads(document)
+        outputs = {**doc["outputs"], "config_history": current.outputs.config_history}
+        return _Recorded(
+            kafka=current.kafka,
+            processing=current.processing,
+            http=current.http,
+            log=current.log,
+            topics=doc["topics"],
+            outputs=outputs,
+            limits=doc["limits"],
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"not a routing document: {type(exc).__name__}: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:

@@ -1,9 +1,10 @@
 """``logit-router demo``: the whole flow on a throwaway broker, then a summary.
 
-Starts a broker (see ``worker.devkit.broker``), creates two input topics with different temperatures
-and the three outputs, runs the worker, publishes the lab's example and synthetic traffic
-(confident, uncertain and malformed), waits until the worker has committed every input offset,
-reads the outputs back, prints a human summary and a last line of JSON, and cleans up.
+Starts a broker (see ``worker.devkit.broker``), creates two input topics with different
+temperatures, the three outputs and the config history, runs the worker, publishes the lab's
+example and synthetic traffic (confident, uncertain and malformed), waits until the worker has
+committed every input offset, reads the outputs back, prints a human summary and a last line
+of JSON, and cleans up.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from worker.core.records import DLQ_PREFIX
 from worker.core.settings import Settings
 from worker.devkit import traffic
 from worker.devkit.broker import throwaway_broker
-from worker.stream import admin
+from worker.stream import admin, history
 from worker.stream.service import install_stop_handlers, run_loop, serve
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ async def _demo(settings: Settings, events: int, keep_running: bool, out: TextIO
     await admin.create_topics(
         kafka, [outputs.routed, outputs.escalated, outputs.dead_letter], 3, big
     )
+    await history.create_topic(kafka, outputs.config_history)
     stop = asyncio.Event()
     install_stop_handlers(stop)
     ports: list[int] = []

@@ -16,6 +16,8 @@ from aiokafka.errors import TopicAlreadyExistsError
 from worker.core.settings import KafkaSettings
 from worker.stream.connections import make_admin, make_consumer
 
+CREATE_TIMEOUT_S = 30.0
+
 
 async def create_topics(
     kafka: KafkaSettings,
@@ -23,6 +25,8 @@ async def create_topics(
     partitions: int = 3,
     configs: Mapping[str, str] | None = None,
 ) -> None:
+    """Create the topics unless they exist, and return once the brokers' metadata shows them."""
+    names = list(names)
     admin = make_admin(kafka)
     await admin.start()
     try:
@@ -31,6 +35,13 @@ async def create_topics(
             await admin.create_topics(new)
         except TopicAlreadyExistsError:
             pass
+        # The controller answers before every broker's metadata has the topics, and a worker
+        # started at once would find them missing.
+        deadline = time.monotonic() + CREATE_TIMEOUT_S
+        while not all(t["error_code"] == 0 for t in await admin.describe_topics(names)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics {names} not in the metadata after creating them")
+            await asyncio.sleep(0.05)
     finally:
         await admin.close()
 

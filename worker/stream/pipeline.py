@@ -32,6 +32,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from worker.core.records import ConsumedRecord, Outbound, Router
 from worker.core.settings import Settings
 from worker.observability.metrics import Metrics
+from worker.stream import history
 from worker.stream.at_least_once import AtLeastOnce
 from worker.stream.connections import FatalError, StopRequested, make_consumer, start_within
 from worker.stream.exactly_once import ExactlyOnce
@@ -100,6 +101,8 @@ class Worker:
             await self.guarantee.open(consumer, stack, stop)
             await start_within(consumer, kafka, "consumer", stop)
             await self._check_topics(consumer)
+            # Recorded before any output names it, so an auditor can always look it up.
+            await history.publish(self.settings)
             await self.fitter.refresh()
             self._subscribe(consumer)
             lag = asyncio.create_task(self._refresh_lag(consumer))
@@ -156,7 +159,13 @@ class Worker:
     async def _check_topics(self, consumer: AIOKafkaConsumer) -> None:
         """Refuse to start without our topics: the worker never creates them."""
         outputs = self.settings.outputs
-        needed = {*self.inputs, outputs.routed, outputs.escalated, outputs.dead_letter}
+        needed = {
+            *self.inputs,
+            outputs.routed,
+            outputs.escalated,
+            outputs.dead_letter,
+            outputs.config_history,
+        }
         missing = await _missing(consumer, needed)
         if missing:
             raise FatalError(_absent(missing))

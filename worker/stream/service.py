@@ -23,6 +23,7 @@ from worker.core import native
 from worker.core.settings import Settings
 from worker.observability.health import HealthServer
 from worker.observability.metrics import Metrics
+from worker.stream import history
 from worker.stream.connections import FatalError, aiokafka_c_extension
 from worker.stream.pipeline import DrainTimeout, Worker, cancelled
 from worker.stream.reload import OnApplied, Reloader
@@ -79,7 +80,13 @@ async def serve(
     to look; ``on_applied`` is called after each applied one."""
     registry = registry if registry is not None else CollectorRegistry()
     worker = Worker(settings, Metrics(settings, registry))
-    reloader = Reloader(config_path, worker, on_applied, reload_requested)
+
+    async def applied(new: Settings) -> None:
+        await history.publish(new)  # as at start: every version that routes is recorded
+        if on_applied is not None:
+            await on_applied(new)
+
+    reloader = Reloader(config_path, worker, applied, reload_requested)
     http: HealthServer | None = None
     if settings.http.enabled:
         http = HealthServer(
