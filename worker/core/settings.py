@@ -52,7 +52,8 @@ Temperature = Annotated[StrictFloat, AfterValidator(rules.temperature)]
 Probability = Annotated[StrictFloat, AfterValidator(rules.probability)]
 Labels = Annotated[tuple[str, ...], AfterValidator(rules.labels)]
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+# Field docs are the docstrings under each field (they reach docs/configuration.md).
+_FROZEN = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class KafkaSettings(BaseModel):
@@ -60,128 +61,75 @@ class KafkaSettings(BaseModel):
 
     model_config = _FROZEN
 
-    bootstrap_servers: str = Field(
-        "localhost:9092",
-        min_length=1,
-        description="The brokers to contact first, as `host:port`, several separated by commas.",
-    )
-    group_id: str = Field(
-        "logit-router",
-        min_length=1,
-        description="The consumer group: workers with the same group share the input partitions. "
-        "Under exactly-once it also begins every transactional id.",
-    )
-    client_id: str = Field(
-        "logit-router",
-        min_length=1,
-        description="The name the clients give the brokers (their logs and quotas use it).",
-    )
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT",
-        description="How to talk to the brokers: in the clear, over TLS, with SASL, or SASL "
-        "over TLS.",
-    )
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
-        None, description="The SASL mechanism; required with a `SASL_` protocol."
-    )
-    sasl_username: str | None = Field(
-        None, description="The SASL user; required with a `SASL_` protocol."
-    )
-    sasl_password: SecretStr | None = Field(
-        None,
-        description="The SASL password; required with a `SASL_` protocol. Masked wherever the "
-        "config is printed; give it in the environment or through `sasl_password_file`.",
-    )
+    bootstrap_servers: str = Field("localhost:9092", min_length=1)
+    """The brokers to contact first, as `host:port`, several separated by commas."""
+    group_id: str = Field("logit-router", min_length=1)
+    """The consumer group: workers with the same group share the input partitions. Under
+    exactly-once it also begins every transactional id."""
+    client_id: str = Field("logit-router", min_length=1)
+    """The name the clients give the brokers (their logs and quotas use it)."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How to talk to the brokers: in the clear, over TLS, with SASL, or SASL over TLS."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """The SASL mechanism; required with a `SASL_` protocol."""
+    sasl_username: str | None = None
+    """The SASL user; required with a `SASL_` protocol."""
+    sasl_password: SecretStr | None = None
+    """The SASL password; required with a `SASL_` protocol. Masked wherever the config is
+    printed; give it in the environment or through `sasl_password_file`."""
     # Read once at load: see _SECRET_FILES.
-    sasl_password_file: Path | None = Field(
-        None,
-        description="A file holding the SASL password (a Kubernetes or Docker secret, say), read "
-        "once at start without its final line break. Give this or `sasl_password`, not both.",
-    )
+    sasl_password_file: Path | None = None
+    """A file holding the SASL password (a Kubernetes or Docker secret, say), read once at start
+    without its final line break. Give this or `sasl_password`, not both."""
     # FilePath: a missing file is a config error (exit 2), named before anything connects.
-    ssl_cafile: FilePath | None = Field(
-        None,
-        description="The CA certificates that the brokers' certificates are checked against; "
-        "the system's when unset. Certificates are always checked.",
-    )
-    ssl_certfile: FilePath | None = Field(
-        None, description="The client certificate, for brokers that authenticate clients by TLS."
-    )
-    ssl_keyfile: FilePath | None = Field(
-        None, description="The client certificate's private key; needs `ssl_certfile`."
-    )
-    ssl_key_password: SecretStr | None = Field(
-        None, description="The password of an encrypted `ssl_keyfile`. Masked like every secret."
-    )
-    ssl_key_password_file: Path | None = Field(
-        None,
-        description="A file holding the key's password, read as `sasl_password_file` is. Give "
-        "this or `ssl_key_password`, not both.",
-    )
-    auto_offset_reset: Literal["earliest", "latest"] = Field(
-        "earliest",
-        description="Where to start in a partition that the group has committed nothing for.",
-    )
-    session_timeout_ms: StrictInt = Field(
-        45_000,
-        ge=1_000,
-        description="How long the group waits for a heartbeat before it gives this worker's "
-        "partitions to another member.",
-    )
-    heartbeat_interval_ms: StrictInt = Field(
-        3_000, ge=100, description="How often the consumer tells the group it is alive."
-    )
-    max_poll_interval_ms: StrictInt = Field(
-        300_000,
-        ge=1_000,
-        description="The longest the worker may take between fetches before the group counts it "
-        "as stuck and moves its partitions. Must be above `processing.transaction_timeout_ms`.",
-    )
-    request_timeout_ms: StrictInt = Field(
-        40_000, ge=1_000, description="How long a client waits for a broker's answer to a request."
-    )
-    connect_timeout_s: StrictFloat = Field(
-        30.0,
-        gt=0.0,
-        description="How long the worker may go without reaching the brokers, at start or "
-        "later, before it gives up and exits with status 1.",
-    )
+    ssl_cafile: FilePath | None = None
+    """The CA certificates that the brokers' certificates are checked against; the system's when
+    unset. Certificates are always checked."""
+    ssl_certfile: FilePath | None = None
+    """The client certificate, for brokers that authenticate clients by TLS."""
+    ssl_keyfile: FilePath | None = None
+    """The client certificate's private key; needs `ssl_certfile`."""
+    ssl_key_password: SecretStr | None = None
+    """The password of an encrypted `ssl_keyfile`. Masked like every secret."""
+    ssl_key_password_file: Path | None = None
+    """A file holding the key's password, read as `sasl_password_file` is. Give this or
+    `ssl_key_password`, not both."""
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    """Where to start in a partition that the group has committed nothing for."""
+    session_timeout_ms: StrictInt = Field(45_000, ge=1_000)
+    """How long the group waits for a heartbeat before it gives this worker's partitions to
+    another member."""
+    heartbeat_interval_ms: StrictInt = Field(3_000, ge=100)
+    """How often the consumer tells the group it is alive."""
+    max_poll_interval_ms: StrictInt = Field(300_000, ge=1_000)
+    """The longest the worker may take between fetches before the group counts it as stuck and
+    moves its partitions. Must be above `processing.transaction_timeout_ms`."""
+    request_timeout_ms: StrictInt = Field(40_000, ge=1_000)
+    """How long a client waits for a broker's answer to a request."""
+    connect_timeout_s: StrictFloat = Field(30.0, gt=0.0)
+    """How long the worker may go without reaching the brokers, at start or later, before it
+    gives up and exits with status 1."""
     # Fewer, larger batches at moderate load, for a few ms of latency (docs/performance.md).
-    fetch_min_bytes: StrictInt = Field(
-        196_608,
-        ge=1,
-        description="A fetch is answered once this many bytes are waiting, or after "
-        "`fetch_max_wait_ms`, whichever comes first.",
-    )
-    fetch_max_wait_ms: StrictInt = Field(
-        10,
-        ge=0,
-        description="The longest a fetch waits for `fetch_min_bytes`: what it may add to the "
-        "latency at low rates, and how often an idle worker asks the brokers for records (raise "
-        "it where many idle workers share a cluster).",
-    )
-    max_partition_fetch_bytes: StrictInt = Field(
-        1_048_576, ge=1024, description="The most bytes one fetch returns from one partition."
-    )
-    linger_ms: StrictInt = Field(
-        0,
-        ge=0,
-        description="How long the producer waits for more records before sending. 0: send at "
-        "once, since the worker hands over whole batches.",
-    )
-    max_batch_size: StrictInt = Field(
-        262_144, ge=1024, description="The most bytes in one record batch of one partition."
-    )
+    fetch_min_bytes: StrictInt = Field(196_608, ge=1)
+    """A fetch is answered once this many bytes are waiting, or after `fetch_max_wait_ms`,
+    whichever comes first."""
+    fetch_max_wait_ms: StrictInt = Field(10, ge=0)
+    """The longest a fetch waits for `fetch_min_bytes`: what it may add to the latency at low
+    rates, and how often an idle worker asks the brokers for records (raise it where many idle
+    workers share a cluster)."""
+    max_partition_fetch_bytes: StrictInt = Field(1_048_576, ge=1024)
+    """The most bytes one fetch returns from one partition."""
+    linger_ms: StrictInt = Field(0, ge=0)
+    """How long the producer waits for more records before sending. 0: send at once, since the
+    worker hands over whole batches."""
+    max_batch_size: StrictInt = Field(262_144, ge=1024)
+    """The most bytes in one record batch of one partition."""
     # Large enough that the topic's own max.message.bytes, not the client, bounds a record.
-    max_request_size: StrictInt = Field(
-        8_388_608,
-        ge=1024,
-        description="The largest produce request. Large, so that a dead-letter record can carry "
-        "its input byte for byte, however big it was.",
-    )
-    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = Field(
-        None, description="Compression of the output batches; none when unset."
-    )
+    max_request_size: StrictInt = Field(8_388_608, ge=1024)
+    """The largest produce request. Large, so that a dead-letter record can carry its input byte
+    for byte, however big it was."""
+    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
+    """Compression of the output batches; none when unset."""
 
     @model_validator(mode="before")
     @classmethod
@@ -240,28 +188,16 @@ class OutputTopics(BaseModel):
 
     model_config = _FROZEN
 
-    routed: str = Field(
-        "logits.routed",
-        min_length=1,
-        description="Confident events: downstream systems act on the top-1 label.",
-    )
-    escalated: str = Field(
-        "logits.escalated",
-        min_length=1,
-        description="Uncertain events, for a person or a stronger model to look at.",
-    )
-    dead_letter: str = Field(
-        "logits.dead-letter",
-        min_length=1,
-        description="Records that cannot be scored, unchanged, with the reason in headers.",
-    )
-    config_history: str = Field(
-        "logit-router.config-history",
-        min_length=1,
-        description="A compacted topic where the worker records each routing config it runs "
-        "(key: its `config_version`, value: the document hashed), for `config show` and "
-        "`replay --as-published`. Not part of the hash itself.",
-    )
+    routed: str = Field("logits.routed", min_length=1)
+    """Confident events: downstream systems act on the top-1 label."""
+    escalated: str = Field("logits.escalated", min_length=1)
+    """Uncertain events, for a person or a stronger model to look at."""
+    dead_letter: str = Field("logits.dead-letter", min_length=1)
+    """Records that cannot be scored, unchanged, with the reason in headers."""
+    config_history: str = Field("logit-router.config-history", min_length=1)
+    """A compacted topic where the worker records each routing config it runs (key: its
+    `config_version`, value: the document hashed), for `config show` and `replay
+    --as-published`. Not part of the hash itself."""
 
     @model_validator(mode="after")
     def _distinct(self) -> OutputTopics:
@@ -277,21 +213,13 @@ class Thresholds(BaseModel):
 
     model_config = _FROZEN
 
-    temperature: Temperature = Field(
-        1.0,
-        description="The softmax temperature: above 1 spreads the probabilities out, below 1 "
-        "sharpens them.",
-    )
-    min_margin: Probability = Field(
-        0.1,
-        description="An event whose top-1 minus top-2 probability is below this is escalated "
-        "(`low_margin`).",
-    )
-    min_top1: Probability | None = Field(
-        None,
-        description="An event whose top-1 probability is below this is escalated (`low_top1`); "
-        "no such check when unset.",
-    )
+    temperature: Temperature = 1.0
+    """The softmax temperature: above 1 spreads the probabilities out, below 1 sharpens them."""
+    min_margin: Probability = 0.1
+    """An event whose top-1 minus top-2 probability is below this is escalated (`low_margin`)."""
+    min_top1: Probability | None = None
+    """An event whose top-1 probability is below this is escalated (`low_top1`); no such check
+    when unset."""
 
 
 class ShadowPolicy(Thresholds):
@@ -301,23 +229,16 @@ class ShadowPolicy(Thresholds):
 class TopicPolicy(Thresholds):
     """The policy of one input topic (the lab: temperature is set per use case)."""
 
-    labels: Labels | None = Field(
-        None,
-        description="Class names by index, for events that carry no `labels` of their own; an "
-        "event with a different number of logits is dead-lettered. Unset: the label is the "
-        "class index.",
-    )
-    audit_sample_rate: Probability = Field(
-        0.0,
-        description="The share of the events that would be routed that are escalated instead "
-        "(`audit_sample`), so that reviewers also see confident events. Chosen by a hash of the "
-        "event id (docs/events.md), so a replay or a retry draws the same events.",
-    )
-    shadow: ShadowPolicy | None = Field(
-        None,
-        description='A policy to try on live traffic: `[topics."NAME".shadow]` with '
-        "`temperature`, `min_margin`, `min_top1`. None when unset.",
-    )
+    labels: Labels | None = None
+    """Class names by index, for events that carry no `labels` of their own; an event with a
+    different number of logits is dead-lettered. Unset: the label is the class index."""
+    audit_sample_rate: Probability = 0.0
+    """The share of the events that would be routed that are escalated instead (`audit_sample`),
+    so that reviewers also see confident events. Chosen by a hash of the event id
+    (docs/events.md), so a replay or a retry draws the same events."""
+    shadow: ShadowPolicy | None = None
+    """A policy to try on live traffic: `[topics."NAME".shadow]` with `temperature`,
+    `min_margin`, `min_top1`. None when unset."""
 
     @model_serializer(mode="wrap")
     def _unset_features_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -348,14 +269,10 @@ class Limits(BaseModel):
 
     model_config = _FROZEN
 
-    max_classes: StrictInt = Field(
-        10_000, ge=2, description="The most logits an event may have (else `too_many_classes`)."
-    )
-    max_event_bytes: StrictInt = Field(
-        1_048_576,
-        ge=64,
-        description="The largest input record value, in bytes (else `payload_too_large`).",
-    )
+    max_classes: StrictInt = Field(10_000, ge=2)
+    """The most logits an event may have (else `too_many_classes`)."""
+    max_event_bytes: StrictInt = Field(1_048_576, ge=64)
+    """The largest input record value, in bytes (else `payload_too_large`)."""
 
 
 BATCH_RECORDS = 2_000
@@ -367,12 +284,10 @@ class Processing(BaseModel):
 
     model_config = _FROZEN
 
-    guarantee: Literal["at_least_once", "exactly_once"] = Field(
-        "at_least_once",
-        description="`at_least_once`: offsets are committed once the outputs are acknowledged. "
-        "`exactly_once`: a batch's outputs and offsets go in one Kafka transaction per input "
-        "partition; readers of the outputs must use `isolation_level=read_committed`.",
-    )
+    guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    """`at_least_once`: offsets are committed once the outputs are acknowledged. `exactly_once`:
+    a batch's outputs and offsets go in one Kafka transaction per input partition; readers of
+    the outputs must use `isolation_level=read_committed`."""
     max_batch_records: StrictInt | None = Field(
         None,
         ge=1,
@@ -381,23 +296,15 @@ class Processing(BaseModel):
         f"{EXACTLY_ONCE_BATCH_RECORDS:,} under exactly-once, where a larger batch spreads each "
         "transaction's round trips over more records.",
     )
-    drain_timeout_s: StrictFloat = Field(
-        10.0,
-        gt=0.0,
-        description="The bound on a graceful stop: finish the batches in hand, flush, commit; "
-        "past it, give up and exit.",
-    )
-    transaction_timeout_ms: StrictInt = Field(
-        60_000,
-        ge=1_000,
-        description="Under exactly-once, how long a transaction may stay open before the broker "
-        "aborts it. Must be below `kafka.max_poll_interval_ms`.",
-    )
-    native: StrictBool = Field(
-        True,
-        description="Route with the compiled hot path when it is installed. The Python path "
-        "writes the same bytes, so this only trades speed (off: to rule the extension out).",
-    )
+    drain_timeout_s: StrictFloat = Field(10.0, gt=0.0)
+    """The bound on a graceful stop: finish the batches in hand, flush, commit; past it, give up
+    and exit."""
+    transaction_timeout_ms: StrictInt = Field(60_000, ge=1_000)
+    """Under exactly-once, how long a transaction may stay open before the broker aborts it.
+    Must be below `kafka.max_poll_interval_ms`."""
+    native: StrictBool = True
+    """Route with the compiled hot path when it is installed. The Python path writes the same
+    bytes, so this only trades speed (off: to rule the extension out)."""
 
     @property
     def batch_records(self) -> int:
@@ -415,13 +322,13 @@ class HttpSettings(BaseModel):
 
     model_config = _FROZEN
 
-    enabled: StrictBool = Field(True, description="Serve `/metrics`, `/healthz` and `/readyz`.")
-    host: str = Field(
-        "127.0.0.1",
-        description="The address to listen on: loopback unless opened up on purpose "
-        "(`0.0.0.0` in a container).",
-    )
-    port: StrictInt = Field(9464, ge=0, le=65_535, description="The port; 0 takes any free one.")
+    enabled: StrictBool = True
+    """Serve `/metrics`, `/healthz` and `/readyz`."""
+    host: str = "127.0.0.1"
+    """The address to listen on: loopback unless opened up on purpose (`0.0.0.0` in a
+    container)."""
+    port: StrictInt = Field(9464, ge=0, le=65_535)
+    """The port; 0 takes any free one."""
 
 
 class LogSettings(BaseModel):
@@ -429,24 +336,21 @@ class LogSettings(BaseModel):
 
     model_config = _FROZEN
 
-    level: rules.LogLevel = Field("INFO", description="The lowest level written.")
-    format: Literal["text", "json"] = Field(
-        "text", description="`text` for people; `json`, one object a line, for log collectors."
-    )
+    level: rules.LogLevel = "INFO"
+    """The lowest level written."""
+    format: Literal["text", "json"] = "text"
+    """`text` for people; `json`, one object a line, for log collectors."""
 
 
 class Settings(BaseSettings):
     # The environment is read by EnvironmentSource, with ENV_PREFIX (see the sources below).
-    model_config = SettingsConfigDict(frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
     from_environment: ClassVar[bool] = True  # and secret files; else the values given alone
 
     kafka: KafkaSettings = KafkaSettings()
     outputs: OutputTopics = OutputTopics()
-    topics: dict[str, TopicPolicy] = Field(
-        min_length=1,
-        description='The input topics, each with its policy, as `[topics."NAME"]` tables; '
-        "at least one.",
-    )
+    topics: dict[str, TopicPolicy] = Field(min_length=1)
+    """The input topics, each with its policy, as `[topics."NAME"]` tables; at least one."""
     limits: Limits = Limits()
     processing: Processing = Processing()
     http: HttpSettings = HttpSettings()
