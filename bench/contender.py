@@ -231,7 +231,11 @@ async def _throughput(
         if firsts[i] is None:
             with contextlib.suppress(TimeoutError):
                 left = max(0.0, deadline - time.monotonic())
-                firsts[i] = await asyncio.wait_for(queue.get(), timeout=left)
+                late = await asyncio.wait_for(queue.get(), timeout=left)
+                # A replica whose first records came after the phase ended (the latency
+                # phase's) consumed none of it: all its CPU up to the end counts.
+                if late["first_consumed"] <= finished:
+                    firsts[i] = late
     started = [f for f in firsts if f is not None]
     if not started:
         raise Unavailable(f"no first-consumed report: {_tail(log_path)}")
