@@ -19,8 +19,10 @@ from prometheus_client import CollectorRegistry
 
 from tests.integration.helpers import (
     audit,
+    cli,
     committed_total,
     create_all,
+    lines_of,
     make_settings,
     read_inputs,
     read_outputs,
@@ -176,6 +178,16 @@ async def test_a_reload_under_live_traffic_switches_version_at_one_offset_per_pa
     if guarantee == "exactly_once":
         assert verdict.duplicated == 0
         assert verdict.outputs == verdict.events
+    # Replayed as published, each event with the version recorded at start or at the reload.
+    report = tmp_path / "as-published.jsonl"
+    proc = await asyncio.to_thread(
+        cli, "replay", "--topic", support, "--as-published", "--config", config,
+        "--out", report, "--fail-on-diff",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, summary = lines_of(report)
+    assert (summary["different"], summary["missing"], summary["unknown_version"]) == (0, 0, 0)
+    assert set(summary["versions_used"]) == {old.config_version, new.config_version}
 
 
 def all_versions(outputs: Any) -> set[str]:
