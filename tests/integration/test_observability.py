@@ -126,7 +126,7 @@ async def test_readyz_waits_for_partitions_and_healthz_answers_during_a_batch(
         bootstrap,
         uid,
         http={"enabled": True, "port": 0},
-        processing={"max_batch_records": 4000},
+        processing={"max_batch_records": 2000},  # a dozen batches: readings between them
     )
     await create_all(settings)
     total = await publish(settings, per_topic=12_000, seed=11)
