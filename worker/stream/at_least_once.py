@@ -44,7 +44,9 @@ class AtLeastOnce(Guarantee):
         self._generation = 0  # producers replaced so far
         self._replacing = asyncio.Lock()
 
-    async def open(self, consumer: AIOKafkaConsumer, stack: AsyncExitStack, stop: Any) -> None:
+    async def open(
+        self, consumer: AIOKafkaConsumer, stack: AsyncExitStack, stop: asyncio.Event
+    ) -> None:
         await super().open(consumer, stack, stop)
         kafka = self.settings.kafka
         producer = make_producer(kafka)

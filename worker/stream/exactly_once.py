@@ -12,7 +12,6 @@ import asyncio
 import time
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -38,7 +37,9 @@ class ExactlyOnce(Guarantee):
         # Per partition, when its transactions began to abort without one committing since.
         self._failing_since: dict[TopicPartition, float] = {}
 
-    async def open(self, consumer: AIOKafkaConsumer, stack: AsyncExitStack, stop: Any) -> None:
+    async def open(
+        self, consumer: AIOKafkaConsumer, stack: AsyncExitStack, stop: asyncio.Event
+    ) -> None:
         await super().open(consumer, stack, stop)
         stack.push_async_callback(self.producers.close)
 

@@ -59,7 +59,9 @@ class Guarantee(ABC):
 
     # --- what the loop calls ---------------------------------------------------------------
 
-    async def open(self, consumer: AIOKafkaConsumer, stack: AsyncExitStack, stop: Any) -> None:
+    async def open(
+        self, consumer: AIOKafkaConsumer, stack: AsyncExitStack, stop: asyncio.Event
+    ) -> None:
         """Bind the consumer and start the producers; ``stack`` closes them."""
         self.consumer = consumer
 
