@@ -16,6 +16,7 @@ the numbers describe the policy as it would be written in the config.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Any
 
@@ -172,22 +173,37 @@ def _target(curve: cal.Curve, target: float, policy: TopicPolicy) -> dict[str, A
     doc: dict[str, Any] = {"error": target, "confidence": CONFIDENCE}
     if pick is None:
         return {**doc, "min_margin": None}
-    margin = (
+    margin = _readable(curve, pick, target)
+    at = cal.point(curve, margin, CONFIDENCE)
+    uncertain = 1.0 - at.coverage
+    return {
+        **doc,
+        "min_margin": margin,
+        "smallest": [pick.below, pick.threshold],
+        "routed_share": at.coverage,
+        "error_rate": at.risk,
+        "upper_bound": at.upper,
+        "escalation_rate": uncertain,
+        "escalation_rate_with_audit": uncertain + policy.audit_sample_rate * at.coverage,
+    }
+
+
+def _decimals(value: float) -> int:
+    return next(d for d in range(18) if round(value, d) == value) if value else 0
+
+
+def _readable(curve: cal.Curve, pick: cal.Pick, target: float) -> float:
+    """The threshold to print: the shortest number that routes what the smallest one does,
+    or one rounded up to at most 4 decimals if it still meets the target (fewer decimals
+    win, then the smaller value)."""
+    same = (
         pick.threshold
         if pick.below >= pick.threshold
         else shortest_between(pick.below, pick.threshold)
     )
-    uncertain = 1.0 - pick.coverage
-    return {
-        **doc,
-        "min_margin": margin,
-        "between": [pick.below, pick.threshold],
-        "routed_share": pick.coverage,
-        "error_rate": pick.risk,
-        "upper_bound": pick.upper,
-        "escalation_rate": uncertain,
-        "escalation_rate_with_audit": uncertain + policy.audit_sample_rate * pick.coverage,
-    }
+    up = [math.ceil(pick.threshold * 10**d) / 10**d for d in (2, 3, 4)]
+    fine = [m for m in up if m <= 1.0 and cal.point(curve, m, CONFIDENCE).upper <= target]
+    return min([same, *fine], key=lambda m: (_decimals(m), m))
 
 
 def toml_lines(topic: str, doc: dict[str, Any], policy: TopicPolicy) -> str:

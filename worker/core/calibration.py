@@ -285,7 +285,14 @@ def smallest_threshold(curve: Curve, target: float, confidence: float = 0.95) ->
     hits = np.flatnonzero(ok)
     if len(hits) == 0:
         return None
-    j = int(hits[0])
+    return point(curve, float(curve.thresholds[int(hits[0])]), confidence)
+
+
+def point(curve: Curve, min_margin: float, confidence: float = 0.95) -> Pick:
+    """What ``min_margin`` routes: the set of the first threshold at or above it."""
+    j = int(np.searchsorted(curve.thresholds, min_margin, side="left"))
+    if j == len(curve.thresholds):
+        return Pick(min_margin, min_margin, 0.0, 0.0, 1.0)  # routes nothing
     return Pick(
         threshold=float(curve.thresholds[j]),
         below=float(curve.thresholds[j - 1]) if j > 0 else 0.0,
