@@ -250,7 +250,9 @@ def text(doc: dict[str, Any]) -> str:
         f"{doc['topic']}: {counts['used']} verdicts used ({used[UNCERTAIN]} escalated for "
         f"uncertainty, {used[AUDIT_SAMPLE]} audit sample, {used[ROUTED]} routed); "
         + ("weighted" if doc["weighted"] else "unweighted"),
-        "  verdicts: " + ", ".join(f"{k.replace('_', ' ')} {counts[k]}" for k in COUNT_KEYS),
+        f"  verdicts read {counts['read']}, not used: "
+        + ", ".join(f"{k.replace('_', ' ')} {counts[k]}" for k in COUNT_KEYS[1:-1] if counts[k])
+        + ("" if any(counts[k] for k in COUNT_KEYS[1:-1]) else "none"),
         f"  {'':<16}{'before':>12}{'after':>12}",
     ]
     for name, key, fmt in _ROWS:
