@@ -272,3 +272,60 @@ def test_audit_verdicts_with_a_zero_rate_in_the_config_are_refused(files: dict[s
     )  # fmt: skip
     assert done.returncode == 2
     assert "audit_sample_rate for the topic is 0" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_the_chart_draws_the_reports_bins_and_the_chosen_threshold(
+    files: dict[str, Any],
+) -> None:
+    from worker.audit import plot
+
+    tmp: Path = files["tmp"]
+    done = run(
+        "--topic", TOPIC, "--config", tmp / "live.toml", "--outputs-file", tmp / "outputs.jsonl",
+        "--verdicts-file", tmp / "verdicts.jsonl", "--target-error", "0.2", "--json",
+    )  # fmt: skip
+    doc = orjson.loads(done.stdout)
+    fig = plot.draw_calibration(tmp / "drawn.png", doc)
+    left, right = fig.axes
+    lines = {line.get_label(): line for line in left.get_lines()}
+    for key in ("before", "after"):
+        (line,) = (v for k, v in lines.items() if k.startswith(f"{key}:"))
+        bins = [b for b in doc["reliability"][key] if b["confidence"] is not None]
+        assert list(line.get_xdata()) == [b["confidence"] for b in bins]
+        assert list(line.get_ydata()) == [b["accuracy"] for b in bins]
+    star = next(x for x in right.get_lines() if str(x.get_label()).startswith("min_margin"))
+    target = doc["target"]
+    assert list(star.get_xydata()[0]) == [target["routed_share"], target["error_rate"]]
+
+
+def test_without_matplotlib_png_is_one_line_and_exit_2(files: dict[str, Any]) -> None:
+    tmp: Path = files["tmp"]
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; "
+        "from worker.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "calibrate",
+            "--topic",
+            TOPIC,
+            "--config",
+            str(tmp / "live.toml"),
+            "--outputs-file",
+            str(tmp / "outputs.jsonl"),
+            "--verdicts-file",
+            str(tmp / "verdicts.jsonl"),
+            "--png",
+            str(tmp / "x.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "logit-router calibrate: matplotlib is not installed; pip install 'logit-router[plot]'\n"
+    )
