@@ -178,3 +178,45 @@ def draw_rates(
     fig.tight_layout()
     fig.savefig(path, format="png")
     return fig
+
+
+def draw_calibration(path: Path, doc: Mapping[str, Any]) -> Any:
+    """``calibrate``'s chart from its report: the reliability diagram before and after, and
+    the risk-coverage curve at the new temperature with the target and the threshold."""
+    fig = _figure(11.0, 4.6)
+    left, right = fig.subplots(1, 2)
+    left.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    for key, colour in (("before", "tab:orange"), ("after", "tab:blue")):
+        bins = [b for b in doc["reliability"][key] if b["confidence"] is not None]
+        t = doc[key]["temperature"]
+        left.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
+                  color=colour, label=f"{key}: T={t:.3g}, ECE {doc[key]['ece']:.3f}")  # fmt: skip
+    left.set_title(f"Reliability: {doc['topic']}")
+    left.set_xlabel("Top-1 probability (mean of the bin)")
+    left.set_ylabel("Accuracy of the bin (weighted)")
+    left.set_xlim(0, 1)
+    left.set_ylim(0, 1)
+    left.grid(alpha=0.3)
+    left.legend(fontsize="small")
+    curve = doc["risk_coverage"]
+    right.plot([p["coverage"] for p in curve], [p["risk"] for p in curve], color="tab:blue",
+               label=f"T={doc['after']['temperature']:.3g}")  # fmt: skip
+    target = doc.get("target")
+    if target is not None:
+        right.axhline(target["error"], color="grey", linestyle=":",
+                      label=f"target error {target['error']:.1%}")  # fmt: skip
+        if target["min_margin"] is not None:
+            right.plot([target["routed_share"]], [target["error_rate"]], marker="*",
+                       markersize=14, linestyle="", color="tab:red",
+                       label=f"min_margin {target['min_margin']:g}: "
+                       f"upper bound {target['upper_bound']:.2%}")  # fmt: skip
+    right.set_title("Risk vs coverage (routed share)")
+    right.set_xlabel("Coverage: share of events routed")
+    right.set_ylabel("Error rate of the routed events")
+    right.set_xlim(0, 1)
+    right.set_ylim(0, max([p["risk"] for p in curve] + [0.01]) * 1.1)
+    right.grid(alpha=0.3)
+    right.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return fig
