@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import orjson
 
 from worker import __version__
-from worker.cli import audit, config
+from worker.cli import audit, config, drift
 from worker.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -164,6 +164,7 @@ Registrar = Callable[["argparse._SubParsersAction[Parser]"], None]
 
 REGISTRARS: list[Registrar] = [_add_score, _add_run, _add_demo, _add_schema]
 REGISTRARS += audit.REGISTRARS
+REGISTRARS += drift.REGISTRARS
 REGISTRARS += config.REGISTRARS
 
 
