@@ -17,12 +17,18 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from scipy import special, stats
 
+from tests.unit.test_metrics import Rec
 from worker.cli.main import main
-from worker.core import drift
+from worker.core import drift, native
 from worker.core.changes import compare
 from worker.core.errors import ConfigError
+from worker.core.records import Router
 from worker.core.settings import Settings, load_settings
+from worker.devkit import traffic
 from worker.observability.drift import EVERY_S, DriftGauges
+from worker.observability.metrics import Metrics
+from worker.stream.pipeline import Worker
+from worker.stream.reload import Reloader
 
 
 @pytest.fixture(autouse=True)
@@ -305,6 +311,70 @@ def test_drift_is_not_part_of_the_config_version_and_a_reload_applies_it(
     assert change.result == "applied"
     assert change.routing == ["topics.\"t\".drift.reference 'a.json' -> 'b.json'"]
     assert compare(plain, watched).result == "applied"
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_batch_from_either_routing_path_feeds_the_gauge_its_published_scores(
+    compiled: bool, tmp_path: Path
+) -> None:
+    if compiled and not native.available():
+        assert os.environ.get("LOGIT_ROUTER_EXPECT_NATIVE") != "1", "the extension is missing"
+        return  # Python only: the other case covers this machine's path
+    ref = write_reference(tmp_path / "ref.json")
+    table = {"reference": str(tmp_path / "ref.json"), "min_events": 1}
+    s = Settings(
+        topics={"t": {"temperature": 0.7, "drift": table}}, processing={"native": compiled}
+    )
+    assert native.in_use(s) == compiled
+    registry = CollectorRegistry()
+    metrics = Metrics(s, registry)
+    batch = [
+        Rec("t", 0, i, 0, e.value) for i, e in enumerate(traffic.synthetic(400, seed=3, classes=3))
+    ]
+    outbound = Router(s).process(batch)
+    metrics.record_outputs(outbound)
+    published = [orjson.loads(o.value) for o in outbound if o.scores is not None and o.value]
+    for m, field in (("margin", "margin"), ("top1", "top1")):
+        values = [doc[field] for doc in published]
+        want = drift.psi(ref.counts(m), drift.bin_counts(values))
+        assert psi_gauge(registry, m) == pytest.approx(want, rel=1e-12), m
+
+
+async def test_a_reload_applies_another_reference_live_and_refuses_a_bad_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_reference(tmp_path / "a.json", scale=1.0)
+    other = write_reference(tmp_path / "b.json", scale=3.0)
+    (tmp_path / "bad.json").write_text("[]")
+    config = tmp_path / "w.toml"
+    text = '[http]\nenabled = false\n[topics."t".drift]\nreference = "{}"\nmin_events = 1\n'
+    config.write_text(text.format("a.json"))
+    s = load_settings(config)
+    worker = Worker(s, Metrics(s, CollectorRegistry()))
+    registry = worker.metrics.registry
+    live = scores(300, 3.0, seed=16)
+    worker.metrics.drift.observe("t", live["margin"], live["top1"])
+    before = psi_gauge(registry, "margin")
+    reloader = Reloader(config, worker)
+
+    config.write_text(text.format("b.json"))
+    outcome = await reloader.reload("test")
+    assert outcome.result == "applied"
+    assert outcome.version == s.config_version  # the routing config is the same
+    assert "topics.\"t\".drift.reference 'a.json' -> 'b.json'" in outcome.detail
+    # The window was kept; the next PSI is against the new reference.
+    clock_free = drift.psi(other.counts("margin"), drift.bin_counts(live["margin"]))
+    monkeypatch.setattr("worker.observability.drift.EVERY_S", 0.0)
+    assert psi_gauge(registry, "margin") == pytest.approx(clock_free, rel=1e-12)
+    assert psi_gauge(registry, "margin") != before
+
+    config.write_text(text.format("bad.json"))
+    outcome = await reloader.reload("test")
+    assert outcome.result == "refused"
+    assert "topics.t.drift.reference = 'bad.json': not a drift reference" in outcome.detail
+    assert worker.settings.topics["t"].drift is not None
+    assert worker.settings.topics["t"].drift.reference == Path("b.json")
 
 
 # ---- the command's arguments ----------------------------------------------------------------
