@@ -385,6 +385,7 @@ async def test_a_reload_applies_another_reference_live_and_refuses_a_bad_one(
     [
         (["drift", "--topic", "t"], "needs --reference FILE"),
         (["drift", "snapshot", "--topic", "t"], "needs -o FILE"),
+        (["drift", "snapshot", "--topic", "t", "-o", "x.json", "--json"], "neither --reference"),
         (["drift", "--topic", "t", "--reference", "ref.json", "-o", "x.json"], "needs --reference"),
         (["drift", "--reference", "ref.json"], "the following arguments are required: --topic"),
         (["drift", "--topic", "t", "--reference", "nowhere.json"], "no such file"),

@@ -37,7 +37,10 @@ def drift_command(args: argparse.Namespace) -> int:
     command = "drift snapshot" if args.action == "snapshot" else "drift"
     if args.action == "snapshot":
         if args.output is None or args.reference is not None or args.json:
-            raise UsageError("logit-router drift snapshot: needs -o FILE (and no --reference)")
+            raise UsageError(
+                "logit-router drift snapshot: needs -o FILE, and takes neither --reference "
+                "nor --json"
+            )
     elif args.reference is None or args.output is not None:
         raise UsageError("logit-router drift: needs --reference FILE (-o is for drift snapshot)")
     configure_logs()
