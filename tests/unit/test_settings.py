@@ -170,6 +170,21 @@ def test_an_environment_override_reaches_a_topic_named_with_capitals(
     assert (s.topics[topic].temperature, s.topics[topic].min_margin) == (0.7, 0.5)
 
 
+@pytest.mark.parametrize("topic", ["support", "a__b", "Shadow"])
+def test_an_environment_variable_reaches_a_section_of_a_topic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, topic: str
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[topics."{topic}".shadow]\ntemperature = 0.7\n')
+    monkeypatch.setenv(f"LOGIT_ROUTER_TOPICS__{topic}__SHADOW__MIN_MARGIN", "0.25")
+    monkeypatch.setenv(f"LOGIT_ROUTER_TOPICS__{topic}__MIN_MARGIN", "0.05")
+    s = load_settings(path)
+    assert list(s.topics) == [topic]
+    shadow = s.topics[topic].shadow
+    assert shadow is not None and (shadow.temperature, shadow.min_margin) == (0.7, 0.25)
+    assert s.topics[topic].min_margin == 0.05
+
+
 def test_an_environment_variable_for_a_new_topic_adds_it_under_its_exact_name(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -76,11 +76,14 @@ def _place(settings_cls: type[BaseModel], steps: list[str]) -> tuple[list[str], 
         kind = _unwrap(annotation)
         if get_origin(kind) is dict:
             value = get_args(kind)[1]
-            # A topic name, exactly as written. It runs up to the last step when that names a
-            # field of the topic's section, so that a name with ``__`` in it is read whole.
+            # A topic name, exactly as written. It ends where the steps left name a path of
+            # the topic's section (``NAME__SHADOW__MIN_MARGIN``), the first such place, so that
+            # a name with ``__`` in it is read whole; else before the last step, which the
+            # model then refuses by name.
             end = depth + 1
             if _fields(_unwrap(value)) and len(steps) - depth > 1:
-                end = len(steps) - 1
+                ends = range(depth + 1, len(steps))
+                end = next((e for e in ends if _names_a_path(value, steps[e:])), len(steps) - 1)
             keys.append(DELIMITER.join(steps[depth:end]))
             annotation, depth = value, end
             continue
@@ -90,6 +93,16 @@ def _place(settings_cls: type[BaseModel], steps: list[str]) -> tuple[list[str], 
         keys.append(steps[depth].lower())
         annotation, depth = field.annotation, depth + 1
     return keys, annotation
+
+
+def _names_a_path(annotation: Any, steps: list[str]) -> bool:
+    """Whether ``steps`` name fields, section by section, from ``annotation`` down."""
+    for step in steps:
+        field = _fields(_unwrap(annotation)).get(step.lower())
+        if field is None:
+            return False
+        annotation = field.annotation
+    return True
 
 
 def _read(text: str, annotation: Any) -> Any:

@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     FilePath,
+    PrivateAttr,
     SecretStr,
     SerializerFunctionWrapHandler,
     StrictBool,
@@ -31,7 +32,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from worker.core import rules
+from worker.core import drift, rules
 from worker.core.environment import EnvironmentSource
 from worker.core.errors import ConfigError
 from worker.core.routing import Policy
@@ -226,6 +227,49 @@ class ShadowPolicy(Thresholds):
     """A policy evaluated beside a topic's live one, never deciding where an event goes."""
 
 
+def _drift_reference(path: Path) -> Path:
+    """a drift reference (`logit-router drift snapshot`)"""
+    read_reference(path)  # refused here, so the field is named; kept by DriftWatch
+    return path
+
+
+def read_reference(path: Path) -> drift.Reference:
+    try:
+        return drift.parse_reference(path.read_bytes())
+    except OSError as exc:
+        raise ValueError(f"cannot read it ({exc.strerror or 'unknown error'})") from None
+    except drift.ReferenceError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class DriftWatch(BaseModel):
+    """Watching a topic's margin and top-1 distributions against a reference
+    (`logit_router_drift_psi`, docs/drift.md). Not part of `config_version`: it changes no
+    decision."""
+
+    model_config = _FROZEN
+
+    reference: Annotated[FilePath, AfterValidator(_drift_reference)]
+    """The reference file that `logit-router drift snapshot` wrote, read once when the config
+    is loaded (a path relative to the worker's working directory). A reload applies a different
+    path live; a file rewritten under the same path is read at the next start."""
+    window_s: StrictFloat = Field(600.0, gt=0.0)
+    """The PSI is of the events scored in the last this many seconds."""
+    min_events: StrictInt = Field(1_000, ge=1)
+    """Below this many events in the window the gauge reads NaN: too few to say (an unchanged
+    distribution reads a PSI of about 0.02 at 1,000 events, about 0.1 at 200)."""
+    _reference: drift.Reference | None = PrivateAttr(default=None)
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._reference = read_reference(self.reference)
+
+    def loaded(self) -> drift.Reference:
+        """The reference as read when this config was loaded."""
+        if self._reference is None:  # never: model_post_init sets it
+            raise RuntimeError("drift reference not loaded")
+        return self._reference
+
+
 class TopicPolicy(Thresholds):
     """The policy of one input topic (the lab: temperature is set per use case)."""
 
@@ -239,6 +283,9 @@ class TopicPolicy(Thresholds):
     shadow: ShadowPolicy | None = None
     """A policy to try on live traffic: `[topics."NAME".shadow]` with `temperature`,
     `min_margin`, `min_top1`. None when unset."""
+    drift: DriftWatch | None = None
+    """Drift watch: `[topics."NAME".drift]` with `reference` (and optionally `window_s`,
+    `min_events`). None when unset: no `logit_router_drift_psi` for the topic."""
 
     @model_serializer(mode="wrap")
     def _unset_features_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -248,6 +295,8 @@ class TopicPolicy(Thresholds):
             data.pop("audit_sample_rate", None)
         if self.shadow is None:
             data.pop("shadow", None)
+        if self.drift is None:
+            data.pop("drift", None)
         return data
 
     def policy(self) -> Policy:
@@ -413,6 +462,8 @@ def routing_document(settings: Settings) -> bytes:
     """The canonical routing config: the bytes ``config_version`` is the hash of, and the value
     the worker records in the history topic (JSON, keys sorted, no spaces)."""
     effective = settings.model_dump(mode="json", include=ROUTING_FIELDS)
+    for topic in effective["topics"].values():
+        topic.pop("drift", None)  # watching changes no decision
     return orjson.dumps(effective, option=orjson.OPT_SORT_KEYS)
 
 
@@ -508,5 +559,5 @@ def _may_be_secret(where: str) -> bool:
 def short_value(value: Any) -> str:
     if isinstance(value, Mapping):
         return "{…}"
-    text = repr(value)
+    text = repr(str(value)) if isinstance(value, Path) else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."

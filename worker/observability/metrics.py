@@ -31,6 +31,7 @@ from worker.core.events import Reason
 from worker.core.records import Kind, Outbound, WriteRefusal
 from worker.core.routing import AUDIT_SAMPLE, Decision, EscalationReason
 from worker.core.settings import BATCH_RECORDS, EXACTLY_ONCE_BATCH_RECORDS, Settings
+from worker.observability.drift import DriftGauges
 from worker.observability.histograms import BatchHistogram
 
 DECISIONS: tuple[str, ...] = get_args(Kind)
@@ -189,12 +190,14 @@ class Metrics:
         self._escalations: dict[tuple[str, str], Counter] = {}
         self._dead_letters: dict[tuple[str, str], Counter] = {}
         self._shadow_decisions: dict[tuple[str, str, str], Counter] = {}
+        self.drift = DriftGauges(settings, registry)
         self.configure(settings)
 
     def configure(self, settings: Settings) -> None:
         """The series that follow the config: at start, and after each applied reload (a new
         topic's series read 0 from then on; a removed topic's counters are kept)."""
         topics = sorted(settings.topics)
+        self.drift.configure(settings)
         self.info.info(
             {
                 "version": __version__,
@@ -274,6 +277,7 @@ class Metrics:
             self.margin.observe_many(topic, margins)
             self.top1.observe_many(topic, top1s)
             self.entropy.observe_many(topic, entropies)
+            self.drift.observe(topic, margins, top1s)
         for topic, ts in stamps.items():
             waited_ms = now_ms - np.asarray(ts, dtype=np.float64)
             self.latency.observe_many(topic, np.maximum(waited_ms, 0.0) / 1000)
