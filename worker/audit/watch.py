@@ -176,7 +176,11 @@ async def watch(settings: Settings, opts: WatchOptions, stop: asyncio.Event) -> 
                     continue
                 due = time.monotonic() + opts.interval_s
                 try:
-                    figures = window.figures(int(time.time() * 1000), policy, opts.min_verdicts)
+                    # On a thread, so that /metrics answers during a long refresh; nothing
+                    # else touches the window meanwhile (this loop is its only writer).
+                    figures = await asyncio.to_thread(
+                        window.figures, int(time.time() * 1000), policy, opts.min_verdicts
+                    )
                 except calibrate.CalibrationRefused as exc:
                     if not warned:
                         sys.stderr.write(f"logit-router calibrate: {exc}\n")

@@ -40,8 +40,8 @@ WATCH_DEFAULTS: dict[str, Any] = {
     "window": 3600.0,
     "interval": 30.0,
     "min_verdicts": 500,
-    "max_outputs": 200_000,
-    "max_verdicts": 200_000,
+    "max_outputs": 100_000,
+    "max_verdicts": 100_000,
     "metrics_host": "127.0.0.1",
     "metrics_port": 9465,
 }
@@ -131,13 +131,13 @@ def _add_calibrate(sub: argparse._SubParsersAction[Parser]) -> None:
         "--max-outputs",
         type=positive_int,
         default=None,
-        help="outputs kept for the join, the oldest dropped past it (200000)",
+        help="outputs kept for the join, the oldest dropped past it (100000)",
     )
     live.add_argument(
         "--max-verdicts",
         type=positive_int,
         default=None,
-        help="verdicts kept, the oldest dropped past it (200000)",
+        help="verdicts kept, the oldest dropped past it (100000)",
     )
     live.add_argument(
         "--metrics-host", default=None, help="address of /metrics (127.0.0.1: loopback)"
