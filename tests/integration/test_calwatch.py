@@ -24,7 +24,14 @@ from tests import verdict_traffic as vt
 from tests.integration import helpers
 from tests.integration.test_calibrate import send
 from tests.integration.test_observability import ALERTS, empty_queries, poll, queries
-from tests.prom import CALIBRATION_JOB, Prometheus, free_port, running_prometheus
+from tests.prom import (
+    CALIBRATION_JOB,
+    Prometheus,
+    free_port,
+    http_get,
+    promtool,
+    running_prometheus,
+)
 from worker.devkit import traffic
 from worker.stream import admin
 
@@ -176,8 +183,7 @@ async def test_the_monitor_serves_the_one_shot_figures_and_follows_new_verdicts(
         # and the alert is pending exactly when the ECE at the live temperature is above it.
         checked = [what for what, _ in queries([support], calibration=True)]
         assert sorted(checked) == [
-            "Calibration error (ECE) and fitted temperature",
-            "Calibration error (ECE) and fitted temperature",
+            *["Calibration error (ECE), fitted and live temperature"] * 3,
             "alert LogitRouterCalibrationError (bool)",
         ]
         assert await asyncio.to_thread(empty_queries, prom, [support], True) == []
@@ -187,6 +193,11 @@ async def test_the_monitor_serves_the_one_shot_figures_and_follows_new_verdicts(
             lambda found: found == ([(support, "pending")] if above else []),
             f"the calibration alert to be {'pending' if above else 'quiet'}",
         )
+
+        # What Prometheus scraped passes promtool's lint, NaN gauges and all.
+        _, _, exposition = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/metrics")
+        proc = await asyncio.to_thread(promtool, "check", "metrics", stdin=exposition)
+        assert proc.returncode == 0 and proc.stdout.strip() == b"", proc.stdout + proc.stderr
 
     monitor.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(monitor.wait, 30) == 0, log.read_text()
