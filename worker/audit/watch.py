@@ -1,7 +1,8 @@
 """``calibrate --watch``: a process beside the worker that follows a topic's calibration live.
 
-It reads the routed, escalated and verdicts topics from ``now - window`` on, with one consumer
-outside any group that keeps its positions (each record is read once), feeds a
+It reads the escalated and verdicts topics (and the routed one with ``--ground-truth``) from
+``now - window`` on, with one consumer outside any group that keeps its positions (each record
+is read once), feeds a
 ``worker.audit.livewindow.LiveWindow``, and every ``interval`` works the figures out again
 from the window in memory and sets the gauges that ``/metrics`` serves. The worker's hot path
 is untouched: it never sees a verdict.
@@ -129,7 +130,12 @@ async def watch(settings: Settings, opts: WatchOptions, stop: asyncio.Event) -> 
     policy = settings.topics[opts.topic]
     window_ms = int(opts.window_s * 1000)
     start = ranges.Bound("now - window", timestamp_ms=int(time.time() * 1000) - window_ms)
-    output_topics = sorted({settings.outputs.routed, settings.outputs.escalated})
+    # Only escalated events can take a verdict unless every event gets one (--ground-truth):
+    # the routed topic, most of the traffic, is then not read at all.
+    kept = {settings.outputs.escalated}
+    if opts.ground_truth:
+        kept.add(settings.outputs.routed)
+    output_topics = sorted(kept)
     spans = [
         span
         for name in [*output_topics, opts.verdicts]
