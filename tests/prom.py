@@ -25,6 +25,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy" / "prometheus"
 JOB = "logit-router"  # the job name alerts.yml and the dashboard select on
+CALIBRATION_JOB = "logit-router-calibration"  # the calibration monitor's (calibrate --watch)
 
 
 def require(binary: str) -> str:
@@ -102,13 +103,15 @@ class Prometheus:
         return self.log.read_text(errors="replace")[-4000:]
 
 
-def scrape_config(targets: list[str], rule_files: list[Path], interval: str) -> dict[str, Any]:
+def scrape_config(
+    targets: list[str], rule_files: list[Path], interval: str, job: str = JOB
+) -> dict[str, Any]:
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(p) for p in rule_files],
         "scrape_configs": [
             {
-                "job_name": JOB,
+                "job_name": job,
                 "scrape_timeout": interval,
                 "static_configs": [{"targets": targets}],
             }
@@ -118,13 +121,13 @@ def scrape_config(targets: list[str], rule_files: list[Path], interval: str) -> 
 
 @contextlib.contextmanager
 def prometheus_server(
-    workdir: Path, targets: list[str], rule_files: list[Path], interval: str = "1s"
+    workdir: Path, targets: list[str], rule_files: list[Path], interval: str = "1s", job: str = JOB
 ) -> Iterator[Prometheus]:
-    """A real Prometheus scraping ``targets`` as job ``logit-router``; stopped on exit."""
+    """A real Prometheus scraping ``targets`` as ``job``; stopped on exit."""
     binary = require("prometheus")
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "prometheus.yml"
-    config.write_text(yaml.safe_dump(scrape_config(targets, rule_files, interval)))
+    config.write_text(yaml.safe_dump(scrape_config(targets, rule_files, interval, job)))
     log = workdir / "prometheus.log"
     for _attempt in range(3):  # another process may take the free port before Prometheus does
         port = free_port()
@@ -160,11 +163,11 @@ def prometheus_server(
 
 @contextlib.asynccontextmanager
 async def running_prometheus(
-    workdir: Path, targets: list[str], rule_files: list[Path], interval: str = "1s"
+    workdir: Path, targets: list[str], rule_files: list[Path], interval: str = "1s", job: str = JOB
 ) -> AsyncIterator[Prometheus]:
     """``prometheus_server`` for async tests: starts and stops in a thread, so that an
     in-process worker on the test's event loop keeps answering scrapes meanwhile."""
-    cm = prometheus_server(workdir, targets, rule_files, interval)
+    cm = prometheus_server(workdir, targets, rule_files, interval, job)
     server = await asyncio.to_thread(cm.__enter__)
     try:
         yield server

@@ -29,7 +29,16 @@ from tests.integration.helpers import (
     read_outputs,
     wait_until_committed,
 )
-from tests.prom import DEPLOY, JOB, REPO, Prometheus, http_get, promtool, running_prometheus
+from tests.prom import (
+    CALIBRATION_JOB,
+    DEPLOY,
+    JOB,
+    REPO,
+    Prometheus,
+    http_get,
+    promtool,
+    running_prometheus,
+)
 from worker import __version__
 from worker.core import drift, native, routing
 from worker.core.records import DLQ_PREFIX
@@ -78,8 +87,8 @@ def test_promtool_check_config_accepts_the_compose_scrape_config() -> None:
     assert proc.returncode == 0, (proc.stdout + proc.stderr).decode()
     config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     assert config["rule_files"] == ["alerts.yml"]
-    (job,) = config["scrape_configs"]
-    assert job["job_name"] == JOB
+    jobs = [job["job_name"] for job in config["scrape_configs"]]
+    assert jobs == [JOB, CALIBRATION_JOB]
 
 
 def test_the_dashboard_has_the_panels_operators_watch() -> None:
@@ -105,6 +114,9 @@ def test_the_dashboard_has_the_panels_operators_watch() -> None:
         "histogram_quantile(0.99, sum by (topic, le) (rate(logit_router_end_to_end_latency",
         "max by (topic, measure) (logit_router_drift_psi",
         "topic:logit_router_escalation_ratio:rate5m",
+        'logit_router_calibration_error{job="logit-router-calibration", topic=~"$topic", '
+        'temperature="live", binning="equal_width"}',
+        "logit_router_calibration_fitted_temperature",
     ):
         assert needle in exprs, needle
 
@@ -234,7 +246,9 @@ async def test_prometheus_scrapes_a_worker_and_every_query_and_rule_returns_data
             assert proc.returncode == 0, (proc.stdout + proc.stderr).decode()
             assert proc.stdout.strip() == b"", proc.stdout.decode()
 
-            # Every dashboard query, variable and rule expression returns data without error.
+            # Every dashboard query, variable and rule expression returns data without error;
+            # those on the calibration monitor's metrics are checked where a monitor runs,
+            # tests/integration/test_calwatch.py (this test starts none).
             await poll(
                 lambda: asyncio.to_thread(empty_queries, prom, topics),
                 lambda failing: not failing,
@@ -440,8 +454,12 @@ def with_bool(expr: str) -> str:
     return "".join(out)
 
 
-def queries(topics: list[str]) -> list[tuple[str, str]]:
-    """(what, PromQL) for every dashboard query and variable and every rule expression."""
+CALIBRATION_METRICS = "logit_router_calibration_"  # served by calibrate --watch, not a worker
+
+
+def queries(topics: list[str], calibration: bool = False) -> list[tuple[str, str]]:
+    """(what, PromQL) for every dashboard query and variable and every rule expression: those
+    on the worker's metrics, or with ``calibration`` those on the calibration monitor's."""
     dashboard = json.loads(DASHBOARD.read_text())
     found = [(title, substitute(e, topics)) for title, e in dashboard_queries(dashboard)]
     found += variable_queries(dashboard)
@@ -450,17 +468,17 @@ def queries(topics: list[str]) -> list[tuple[str, str]]:
             found.append((f"record {rule['record']}", rule["expr"]))
         else:
             found.append((f"alert {rule['alert']} (bool)", with_bool(rule["expr"])))
-    return found
+    return [(what, e) for what, e in found if (CALIBRATION_METRICS in e) == calibration]
 
 
-def empty_queries(prom: Prometheus, topics: list[str]) -> list[str]:
+def empty_queries(prom: Prometheus, topics: list[str], calibration: bool = False) -> list[str]:
     """What fails: an error, no samples, or (dashboards) not one number among the samples."""
     bad = []
     for rule in rules():  # alert expressions as written: valid, whether or not they fire
         answer = prom.query(rule["expr"])
         if answer["status"] != "success":
             bad.append(f"{rule.get('alert', rule.get('record'))}: {answer}")
-    for what, expr in queries(topics):
+    for what, expr in queries(topics, calibration):
         answer = prom.query(expr)
         if answer["status"] != "success":
             bad.append(f"{what}: {expr}: {answer}")

@@ -68,25 +68,37 @@ class Outputs:
 
     def add(self, raw: bytes | None, topic: str, limits: Limits) -> None:
         self.read += 1
-        try:
-            doc, event = decode_document(
-                raw, max_bytes=limits.max_event_bytes, max_classes=limits.max_classes
-            )
-            source = doc["source"]["topic"]
-            decision, reason = doc["decision"], doc["reason"]
-        except (EventError, KeyError, TypeError):
+        found = read_output(raw, topic, limits)
+        if found is None:
             self.unreadable += 1
             return
-        if source != topic:
-            self.others.add(event.id)
+        event_id, out = found
+        if out is None:
+            self.others.add(event_id)
             return
-        if decision == "routed":
-            kind = ROUTED
-        else:
-            kind = AUDIT_SAMPLE if reason == AUDIT_SAMPLE else UNCERTAIN
-        if event.id in self.by_id:
+        if event_id in self.by_id:
             self.duplicates += 1  # a redelivery: the same decision again, the last kept
-        self.by_id[event.id] = Output(tuple(event.logit_values()), event.labels, kind)
+        self.by_id[event_id] = out
+
+
+def read_output(raw: bytes | None, topic: str, limits: Limits) -> tuple[str, Output | None] | None:
+    """(id, what calibration needs) of one published record; the output is None when the
+    event is another input topic's; None when the record cannot be read."""
+    try:
+        doc, event = decode_document(
+            raw, max_bytes=limits.max_event_bytes, max_classes=limits.max_classes
+        )
+        source = doc["source"]["topic"]
+        decision, reason = doc["decision"], doc["reason"]
+    except (EventError, KeyError, TypeError):
+        return None
+    if source != topic:
+        return event.id, None
+    if decision == "routed":
+        kind = ROUTED
+    else:
+        kind = AUDIT_SAMPLE if reason == AUDIT_SAMPLE else UNCERTAIN
+    return event.id, Output(tuple(event.logit_values()), event.labels, kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +135,13 @@ class Verdicts:
     counts: Counter[str] = field(default_factory=Counter)
 
     def add(self, raw: bytes | None, order: tuple[int, int, int], late: bool) -> None:
+        self.add_parsed(parse(raw), order, late)
+
+    def add_parsed(
+        self, parsed: tuple[str, str | int] | None, order: tuple[int, int, int], late: bool
+    ) -> None:
+        """``add`` of a record ``parse`` has already read (None: malformed)."""
         self.counts["read"] += 1
-        parsed = parse(raw)
         if parsed is None:
             self.counts["malformed"] += 1
             return

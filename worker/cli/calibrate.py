@@ -2,6 +2,9 @@
 is in ``worker.audit.verdicts`` (reading and joining) and ``worker.audit.calibrate`` (the
 report), imported only when the command runs.
 
+With ``--watch`` it keeps running as a monitor (``worker.audit.watch``) until SIGTERM or
+SIGINT, then exits 0.
+
 Exit status: 0 done; 1 a runtime failure (Kafka unreachable, a topic missing) or no verdict
 that can be used; 2 a bad argument or config, or matplotlib missing for ``--png``.
 """
@@ -21,13 +24,37 @@ from worker.cli.common import (
     Parser,
     UsageError,
     configure_logs,
+    duration,
     existing_file,
     load_config,
+    port,
+    positive_int,
     reachable,
     run_async,
 )
 
 COMMAND = "calibrate"
+# --watch's options and their defaults (None in the parser, so that one given without --watch
+# can be refused).
+WATCH_DEFAULTS: dict[str, Any] = {
+    "window": 3600.0,
+    "interval": 30.0,
+    "min_verdicts": 500,
+    "max_outputs": 100_000,
+    "max_verdicts": 100_000,
+    "metrics_host": "127.0.0.1",
+    "metrics_port": 9465,
+}
+# One-shot options that mean nothing to a monitor.
+NOT_WITH_WATCH = (
+    ("json", "--json"),
+    ("png", "--png"),
+    ("outputs_file", "--outputs-file"),
+    ("verdicts_file", "--verdicts-file"),
+    ("start", "--from"),
+    ("end", "--to"),
+    ("target_error", "--target-error"),
+)
 
 
 def _error_rate(text: str) -> float:
@@ -81,7 +108,60 @@ def _add_calibrate(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     p.add_argument("--png", type=_png_path, default=None, help="reliability and risk-coverage")
     p.add_argument("--json", action="store_true", help="the report as JSON on stdout")
+    live = p.add_argument_group("watching calibration live (--watch)")
+    live.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep running: follow the topics and serve the figures of the last --window "
+        "on /metrics",
+    )
+    live.add_argument(
+        "--window", type=duration, default=None, help="how far back verdicts count (1h)"
+    )
+    live.add_argument(
+        "--interval", type=duration, default=None, help="how often to work them out (30s)"
+    )
+    live.add_argument(
+        "--min-verdicts",
+        type=positive_int,
+        default=None,
+        help="fewer used verdicts in the window: the gauges read NaN (500)",
+    )
+    live.add_argument(
+        "--max-outputs",
+        type=positive_int,
+        default=None,
+        help="outputs kept for the join, the oldest dropped past it (100000)",
+    )
+    live.add_argument(
+        "--max-verdicts",
+        type=positive_int,
+        default=None,
+        help="verdicts kept, the oldest dropped past it (100000)",
+    )
+    live.add_argument(
+        "--metrics-host", default=None, help="address of /metrics (127.0.0.1: loopback)"
+    )
+    live.add_argument("--metrics-port", type=port, default=None, help="port of /metrics (9465)")
     p.set_defaults(handler=calibrate_command)
+
+
+def _check_watch(args: argparse.Namespace) -> None:
+    """--watch with none of the one-shot options; the watch options only with --watch."""
+    if not args.watch:
+        given = [k for k in WATCH_DEFAULTS if getattr(args, k) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise UsageError(f"logit-router {COMMAND}: {flag} is for --watch")
+        return
+    for key, flag in NOT_WITH_WATCH:
+        if getattr(args, key) not in (None, False):
+            raise UsageError(f"logit-router {COMMAND}: --watch does not take {flag}")
+    if args.verdicts is None:
+        raise UsageError(f"logit-router {COMMAND}: --watch reads a --verdicts topic")
+    for key, default in WATCH_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
 
 
 def _check(args: argparse.Namespace, settings: Any) -> None:
@@ -139,9 +219,12 @@ def calibrate_command(args: argparse.Namespace) -> int:
     from worker.audit import calibrate, plot
     from worker.audit.verdicts import join
 
+    _check_watch(args)
     configure_logs()
     settings = load_config(args.config)
     _check(args, settings)
+    if args.watch:
+        return _watch(args, settings)
     if args.png is not None:
         _need_matplotlib(COMMAND)
     read = _read(args, settings)
@@ -173,6 +256,30 @@ def calibrate_command(args: argparse.Namespace) -> int:
         plot.draw_calibration(args.png, doc)
         sys.stderr.write(f"wrote {args.png}\n")
     return EXIT_OK
+
+
+def _watch(args: argparse.Namespace, settings: Any) -> int:
+    from worker.audit import watch
+
+    opts = watch.WatchOptions(
+        topic=args.topic,
+        verdicts=args.verdicts,
+        window_s=args.window,
+        interval_s=args.interval,
+        min_verdicts=args.min_verdicts,
+        max_outputs=args.max_outputs,
+        max_verdicts=args.max_verdicts,
+        ground_truth=args.ground_truth,
+        host=args.metrics_host,
+        port=args.metrics_port,
+    )
+
+    async def work() -> int:
+        await reachable(settings.kafka)
+        await watch.run(settings, opts)
+        return EXIT_OK
+
+    return run_async(COMMAND, work)
 
 
 REGISTRARS = [_add_calibrate]

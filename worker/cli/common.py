@@ -99,6 +99,25 @@ def positive_int(text: str) -> int:
     return _whole(text, 1, None, "must be > 0")
 
 
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration(text: str) -> float:
+    """``90s``, ``30m``, ``1h``, ``2d`` or plain seconds, to seconds; > 0 and finite."""
+    body = text.strip()
+    scale = _UNITS.get(body[-1:].lower(), 1.0) if body else 1.0
+    number = body[:-1] if body[-1:].lower() in _UNITS else body
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (e.g. 90s, 30m, 1h, 2d)"
+        ) from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
 def port(text: str) -> int:
     return _whole(text, 0, 65535, "not a port number (0 to 65535)")
 
