@@ -65,7 +65,7 @@ async def _raw(spec: Spec, stop: asyncio.Event) -> int:
     consumer = make_consumer(kafka, group_id=kafka.group_id)
     await producer.start()
     await consumer.start()
-    publisher = Publisher(producer, kafka.max_batch_size, {})
+    publisher = Publisher(producer, kafka.max_batch_size, {}, compression=kafka.compression_type)
     try:
         consumer.subscribe(sorted(settings.topics))
         while not stop.is_set():

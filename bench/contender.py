@@ -318,6 +318,7 @@ async def _latency(
         "warmup_sent": warmup,
         "measured_from_ns": window.measured_from_ns,
         **found,
+        "pacer_lag_ms": window.lag_ms,
         "cpu_cores": cpu.cores(),
     }
 

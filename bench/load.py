@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from array import array
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -17,12 +18,13 @@ import confluent_kafka
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from bench.stats import percentiles
 from worker.devkit.traffic import synthetic
 
 CHUNK = 20_000  # events in flight at once while pre-filling
 # The paced producer sends what is due every 5 ms: as a producer with Kafka 4's default
-# ``linger.ms`` of 5 (KIP-1030; librdkafka's default too) would. Every event is stamped as it
-# is encoded, so the tick changes when events arrive, not what their latency means.
+# ``linger.ms`` of 5 (KIP-1030; librdkafka's default too) would. Every event is stamped with the
+# time it was due, so the tick is part of every latency, as a linger would be.
 TICK_S = 0.005
 FLUSH_S = 60.0  # how long the paced load waits for its last acknowledgements
 
@@ -84,11 +86,13 @@ def prepare(topics: dict[str, int], count: int, seed: int) -> list[Prepared]:
 
 
 class Window(NamedTuple):
-    """What the paced producer did: its rate over the whole phase, and the stamp of the first
-    event after the warm-up (every earlier event carries a smaller ``sent_ns``)."""
+    """What the paced producer did: its rate over the whole phase, the stamp of the first event
+    after the warm-up (every earlier event carries a smaller ``sent_ns``), and how late the
+    events of the window went out against the time each was due (``stats.percentiles``, ms)."""
 
     achieved_rate: float
     measured_from_ns: int
+    lag_ms: dict[str, float | None]
 
 
 async def paced(
@@ -98,7 +102,8 @@ async def paced(
     warmup: int = 0,
     on_measure: Callable[[], None] | None = None,
 ) -> Window:
-    """Send the ``prepared`` events at ``rate`` per second, each stamped with ``sent_ns``.
+    """Send the ``prepared`` events at ``rate`` per second, each stamped with ``sent_ns``, the
+    time it was due: event ``i`` at ``start + i / rate``.
 
     The first ``warmup`` events are the warm-up: the same load, before the window that the
     percentiles are taken over (``Window.measured_from_ns``); ``on_measure`` is called as the
@@ -118,15 +123,21 @@ def _pace(
     """The paced producer. Events are prepared before the clock starts; only the stamp and the
     encoding happen on the way out.
 
+    Each event carries the time it was due (one wall-clock reading at the start plus
+    ``i / rate``), not the moment the loop reached it: a pacer that falls behind (a slow tick,
+    a pause of this process) then shows up in every latency it delays, instead of hiding it
+    (coordinated omission). How far behind it went, each event's moment of ``produce`` minus
+    its due time, is measured over the window and reported beside the latency.
+
     It is librdkafka (confluent-kafka), not aiokafka. aiokafka's sender keeps one request in
     flight per broker, so a tick's events wait until the tick before is acknowledged: alone
     with a consumer at 16,000 events/s, that producer gave a p99 of 11 to 43 ms of its own,
     librdkafka (up to five requests in flight) 4 to 5 ms, for less than half the CPU
     (``docs/performance.md``). ``linger.ms`` is 1: a tick's events are handed over within a
     fraction of a millisecond, and with no linger librdkafka's sender woke at the first of
-    them and sent each tick as several small requests. The stamp is taken before that
-    millisecond, so every latency includes it. Keys are placed by murmur2, as the Java client
-    and aiokafka place them (librdkafka's default hashes with CRC32).
+    them and sent each tick as several small requests. That millisecond comes after the due
+    time, so every latency includes it. Keys are placed by murmur2, as the Java client and
+    aiokafka place them (librdkafka's default hashes with CRC32).
     The garbage collector is frozen and off while pacing: with the prepared events alive, a
     full collection here took 300 to 360 ms, every 3 to 5 s, and every contender's tail
     latency carried those pauses of the load generator.
@@ -147,32 +158,35 @@ def _pace(
             "partitioner": "murmur2_random",
         }
     )
-    measured_from = 0
+    interval_ns = 1e9 / rate
+    lag_us: array[int] = array("q")  # the window's events only
     gc.freeze()
     gc.disable()
     try:
-        started = time.monotonic()
+        # Due times on the wall clock (what the probe compares with), lag on the monotonic one.
+        started_ns, started = time.time_ns(), time.monotonic_ns()
         sent = 0
         while sent < count:
-            due = min(count, int((time.monotonic() - started) * rate) + 1)
+            due = min(count, int((time.monotonic_ns() - started) / interval_ns) + 1)
             while sent < due:
                 p = prepared[sent]
-                if sent == warmup:
-                    measured_from = time.time_ns()
-                    if on_measure is not None:
-                        on_measure()
+                offset = round(sent * interval_ns)
+                if sent == warmup and on_measure is not None:
+                    on_measure()
                 if isinstance(p.value, dict):
-                    p.value["sent_ns"] = time.time_ns()
+                    p.value["sent_ns"] = started_ns + offset
                     value = orjson.dumps(p.value)
                 else:
                     value = p.value
                 producer.produce(
                     p.topic, value, key=p.key, headers=p.headers, on_delivery=delivered
                 )
+                if sent >= warmup:
+                    lag_us.append(max(0, time.monotonic_ns() - started - offset) // 1000)
                 sent += 1
             producer.poll(0)  # delivery reports
             time.sleep(TICK_S)
-        elapsed = time.monotonic() - started
+        elapsed = (time.monotonic_ns() - started) / 1e9
         left = producer.flush(FLUSH_S)
     finally:
         gc.enable()
@@ -180,6 +194,7 @@ def _pace(
     if left or failed:
         reason = failed[0] if failed else f"not acknowledged within {FLUSH_S:g}s"
         raise RuntimeError(f"the paced load lost {left + len(failed)} events: {reason}")
-    if warmup >= count:  # nothing after the warm-up: an empty window
-        measured_from = time.time_ns()
-    return Window(count / elapsed if elapsed > 0 else float(count), measured_from)
+    # The due time of the first event after the warm-up (of none, past the last one).
+    measured_from = started_ns + round(min(warmup, count) * interval_ns)
+    achieved = count / elapsed if elapsed > 0 else float(count)
+    return Window(achieved, measured_from, percentiles(lag_us))

@@ -41,7 +41,7 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 def table(results: dict[str, dict[str, Any]]) -> str:
     head = (
         f"{'contender':<28} {'events/s':>9} {'x raw':>6} {'CPU us/ev':>9} {'peak MiB':>8} "
-        f"{'RSS grow':>8} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8}  out/in"
+        f"{'RSS grow':>8} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} {'lag p99':>7}  out/in"
     )
     lines = [head, "-" * len(head)]
     for r in results.values():
@@ -49,11 +49,13 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             lines.append(f"{r['label']:<28} not available: {r.get('reason', '?')}")
             continue
         lat = (r.get("latency") or {}).get("receipt_ms") or {}
+        lag = (r.get("latency") or {}).get("pacer_lag_ms") or {}
         lines.append(
             f"{r['label']:<28} {r['events_per_s']:>9,.0f} {_fmt(r.get('ratio_to_raw'), '.2f'):>6} "
             f"{r['cpu_us_per_event']:>9.1f} {r['peak_rss_mb']:>8.0f} "
             f"{_fmt(r.get('rss_growth'), '+.1%'):>8} {_fmt(lat.get('p50'), '.1f'):>7} "
-            f"{_fmt(lat.get('p99'), '.1f'):>7} {_fmt(lat.get('p99.9'), '.1f'):>8}  "
+            f"{_fmt(lat.get('p99'), '.1f'):>7} {_fmt(lat.get('p99.9'), '.1f'):>8} "
+            f"{_fmt(lag.get('p99'), '.1f'):>7}  "
             f"{r['events_out']}/{r['events_in']}"
         )
     return "\n".join(lines)
@@ -75,10 +77,13 @@ def latency_line(lat: dict[str, Any]) -> str:
     if "error" in lat or not lat:
         return f"  latency: not measured: {lat.get('error', '?')}"
     q = lat.get("receipt_ms") or {}
+    lag = lat.get("pacer_lag_ms") or {}
     cores = ", ".join(f"{k} {v:.2f}" for k, v in (lat.get("cpu_cores") or {}).items())
     return (
         f"  latency at {lat['achieved_rate']:,.0f} events/s after {lat['warmup_s']:g} s of "
-        f"warm-up: p50 {_fmt(q.get('p50'), '.1f')} ms, p99 {_fmt(q.get('p99'), '.1f')} ms; "
+        f"warm-up: p50 {_fmt(q.get('p50'), '.1f')} ms, p99 {_fmt(q.get('p99'), '.1f')} ms "
+        f"(the load's own lag behind its schedule: p50 {_fmt(lag.get('p50'), '.1f')}, "
+        f"p99 {_fmt(lag.get('p99'), '.1f')}, max {_fmt(lag.get('max'), '.1f')} ms); "
         f"CPU in the window (cores): {cores or '-'}"
     )
 

@@ -2,6 +2,7 @@
 //! and write the output document, with the bytes and values of the Python path
 //! (`worker/core/records.py`, `worker/core/routing.py`). `worker/core/native.py` is the only caller.
 
+mod batch;
 mod json;
 mod score;
 
@@ -404,6 +405,7 @@ fn format_float(py: Python<'_>, v: f64) -> Bound<'_, PyBytes> {
 #[pymodule]
 fn logit_router_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Topic>()?;
+    m.add_class::<batch::RecordBatch>()?;
     m.add_function(wrap_pyfunction!(route_many, m)?)?;
     m.add_function(wrap_pyfunction!(partition_index, m)?)?;
     m.add_function(wrap_pyfunction!(fsum, m)?)?;

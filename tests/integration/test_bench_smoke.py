@@ -6,6 +6,7 @@ counted in each contender's outputs, and that the report has what docs/performan
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -71,6 +72,10 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path
         assert lat["timed"] + lat["warmup_timed"] <= lat["outputs"]
         q = lat["receipt_ms"]
         assert 0 <= q["p50"] <= q["p99"] <= q["p99.9"] <= q["max"]
+        # The load's lag behind its schedule, beside the latency it is part of: at 400
+        # events/s it keeps up within seconds, whatever the machine's load.
+        lag = lat["pacer_lag_ms"]
+        assert 0 <= lag["p50"] <= lag["p99"] <= lag["max"] < 5000, name
         # The CPU of each process over the window; an external broker's is not known here.
         assert set(lat["cpu_cores"]) == {"contender", "load", "probe"}, name
         cpus = os.cpu_count() or 1
@@ -83,6 +88,14 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path
         measured = [us for sent, us in samples if sent >= lat["measured_from_ns"]]
         assert len(measured) == lat["timed"], name
         assert max(measured) / 1000 == pytest.approx(q["max"], abs=0.001)
+        # Stamped with the time each was due, not when the pacer reached it: the stamps sit
+        # on the schedule, one interval of 1/rate apart or more (a malformed event between two
+        # carries none), where stamps taken on the way out would be microseconds apart
+        # within each 5-ms tick.
+        stamps = sorted({sent for sent, _ in samples})
+        gaps = [b - a for a, b in itertools.pairwise(stamps)]
+        assert min(gaps) >= 1e9 / LATENCY_EVENTS - 1, name
+        assert stamps[0] < lat["measured_from_ns"] <= stamps[-1]
     assert results["raw"]["ratio_to_raw"] == 1.0
     assert results["worker"]["ratio_to_raw"] > 0
     assert [t["target"] for t in summary["targets"]][:1] == ["worker >= 0.85 x raw"]

@@ -38,16 +38,23 @@ def placed(records: list[Any]) -> dict[int, list[tuple[Any, ...]]]:
     return by_partition
 
 
-async def test_batches_land_where_and_in_the_order_send_puts_them(bootstrap: str, uid: str) -> None:
+# Uncompressed, the compiled module's record batches (when installed); compressed, aiokafka's.
+@pytest.mark.parametrize("compression", [None, "gzip"])
+async def test_batches_land_where_and_in_the_order_send_puts_them(
+    bootstrap: str, uid: str, compression: str | None
+) -> None:
     # Small batches, so one partition's records of one call span many record batches.
-    kafka = KafkaSettings(bootstrap_servers=bootstrap, max_batch_size=2048)
+    kafka = KafkaSettings(
+        bootstrap_servers=bootstrap, max_batch_size=2048, compression_type=compression
+    )
     ours, reference = f"publish-{uid}", f"send-{uid}"
     await admin.create_topics(kafka, [ours, reference], partitions=5)
     producer = make_producer(kafka)
     await producer.start()
     try:
         sent = outputs(ours, 3000)
-        handed = await Publisher(producer, kafka.max_batch_size, {}).send(sent)
+        publisher = Publisher(producer, kafka.max_batch_size, {}, compression=compression)
+        handed = await publisher.send(sent)
         assert len(handed) > 5 * 2  # several batches per partition
         assert sorted(id(o) for h in handed for o in h.outputs) == sorted(map(id, sent))
         await acknowledged([h.future for h in handed])

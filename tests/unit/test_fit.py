@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.consumed import Consumed
-from worker.core.records import DLQ_PREFIX, Router
+from worker.core.records import DLQ_PREFIX, Outbound, Router
 from worker.core.settings import Settings
 from worker.stream.connections import FatalError
-from worker.stream.limits import Fitter, TopicLimit
+from worker.stream.limits import Fitter, TopicLimit, refusal, surely_fit
 
 SETTINGS = Settings(topics={"in": {"temperature": 1.0, "min_margin": 0.1}})
 OUT = SETTINGS.outputs
@@ -92,3 +94,36 @@ def test_dlq_headers_a_record_already_carries_are_renamed_prior() -> None:
     ours = {name: value for name, value in o.headers if name.startswith(DLQ_PREFIX)}
     assert ours[DLQ_PREFIX + "source.offset"] == b"9"
     assert ours[DLQ_PREFIX + "reason"] == b"not_json"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    outputs=st.lists(
+        st.builds(
+            lambda key, size, headers: Outbound(
+                OUT.routed, key, b"x" * size, headers, "routed", None, "in", 0, 0, 0, None
+            ),
+            st.none() | st.binary(max_size=300),
+            st.integers(0, 5000),
+            st.lists(st.tuples(st.text(max_size=40), st.binary(max_size=300)), max_size=4),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    limit=st.integers(1, 6000),
+)
+def test_a_whole_batch_judged_at_once_never_passes_what_one_record_would_not(
+    outputs: list[Outbound], limit: int
+) -> None:
+    """The batch's bound, read in C, only says "all fit" when every output does alone."""
+    limits = {OUT.routed: TopicLimit(limit, False), OUT.escalated: ROOMY}
+    if surely_fit(outputs, limits):
+        assert all(refusal(o, limits[o.topic]) is None for o in outputs)
+
+
+def test_a_batch_of_ordinary_outputs_is_judged_at_once() -> None:
+    f = fitter()
+    recs = [record(event(padding=100), offset=i) for i in range(50)]
+    assert surely_fit(f.router.process(recs), f.limits)
+    assert not surely_fit(f.router.process(recs), {**f.limits, OUT.routed: TopicLimit(300, False)})
+    assert not surely_fit(f.router.process(recs), {**f.limits, OUT.routed: TopicLimit(10**6, True)})

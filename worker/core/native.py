@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -24,6 +24,9 @@ from worker.core.events import FAST_MAX_BRACKETS, MAX_ID_CHARS, MIN_CLASSES
 from worker.core.routing import Policy, audit_threshold
 from worker.core.schema import Slot
 from worker.core.settings import Settings
+
+if TYPE_CHECKING:
+    from logit_router_native import RecordBatch as _RecordBatch
 
 _ext: ModuleType | None
 try:
@@ -46,6 +49,8 @@ route_many: RouteMany | None = _ext.route_many if _ext is not None else None
 partition_index: Callable[[bytes, int], int] | None = (
     _ext.partition_index if _ext is not None else None
 )
+# A Kafka record batch filled from outputs in one call (``worker.stream.publish``).
+RecordBatch: type[_RecordBatch] | None = _ext.RecordBatch if _ext is not None else None
 
 
 def available() -> bool:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from collections import Counter as Tally
 from collections.abc import Iterable, Sequence
+from itertools import chain
+from operator import attrgetter
 from typing import get_args
 
 import numpy as np
@@ -67,6 +69,11 @@ UNIT_BUCKETS = (
 ENTROPY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# What ``record_outputs`` reads of each output, in C.
+_LABELS = attrgetter("source_topic", "kind", "reason", "shadow")
+_SOURCE_TOPIC = attrgetter("source_topic")
+_TIMESTAMP = attrgetter("source_timestamp")
+_SCORES = attrgetter("scores")
 
 
 class Metrics:
@@ -233,54 +240,61 @@ class Metrics:
     def record_outputs(self, outputs: Sequence[Outbound], acked_at: float | None = None) -> None:
         """Count a batch whose outputs are acknowledged; observe scores and latency.
 
-        One pass gathers the batch by topic, then every series is updated once per batch.
+        No Python code runs per output: the label sets (topic, decision, reason, shadow) are
+        tallied and the columns read with ``attrgetter`` in C, every counter is added to once
+        per batch, and each topic's values go into the histograms as numpy arrays.
         """
         now_ms = 1000 * (time.time() if acked_at is None else acked_at)
+        n = len(outputs)
+        if n == 0:
+            return
         decisions: Tally[tuple[str, str]] = Tally()
         escalations: Tally[tuple[str, str]] = Tally()
         dead: Tally[tuple[str, str]] = Tally()
         pairs: Tally[tuple[str, str, str]] = Tally()
-        scores: dict[str, tuple[list[float], list[float], list[float]]] = {}
-        stamps: dict[str, list[int]] = {}
-        for o in outputs:
-            topic = o.source_topic
-            decisions[topic, o.kind] += 1
-            if o.kind == "dead_letter":
-                dead[topic, o.reason or OTHER_REASON] += 1
-            elif o.scores is not None:
-                s = o.scores
-                lists = scores.get(topic)
-                if lists is None:
-                    lists = scores[topic] = ([], [], [])
-                lists[0].append(s.margin)
-                lists[1].append(s.top1)
-                lists[2].append(s.entropy)
-                if o.reason is not None:
-                    escalations[topic, o.reason] += 1
-                if o.shadow is not None:
-                    live = "routed" if o.reason == AUDIT_SAMPLE else o.kind
-                    pairs[topic, live, o.shadow] += 1
-            if o.source_timestamp > 0:
-                stamps.setdefault(topic, []).append(o.source_timestamp)
-        for key, n in decisions.items():
-            self._events[key].inc(n)
-        for key, n in escalations.items():
-            self._escalations[key].inc(n)
-        for pair, n in pairs.items():
-            self._shadow_decisions[pair].inc(n)
-        for (topic, reason), n in dead.items():
+        for (topic, kind, reason, shadow), count in Tally(map(_LABELS, outputs)).items():
+            decisions[topic, kind] += count
+            if kind == "dead_letter":
+                dead[topic, reason or OTHER_REASON] += count
+                continue
+            if reason is not None:
+                escalations[topic, reason] += count
+            if shadow is not None:
+                live = "routed" if reason == AUDIT_SAMPLE else kind
+                pairs[topic, live, shadow] += count
+        for key, count in decisions.items():
+            self._events[key].inc(count)
+        for key, count in escalations.items():
+            self._escalations[key].inc(count)
+        for pair, count in pairs.items():
+            self._shadow_decisions[pair].inc(count)
+        for (topic, reason), count in dead.items():
             child = (
                 self._dead_letters.get((topic, reason)) or self._dead_letters[topic, OTHER_REASON]
             )
-            child.inc(n)
-        for topic, (margins, top1s, entropies) in scores.items():
-            self.margin.observe_many(topic, margins)
-            self.top1.observe_many(topic, top1s)
-            self.entropy.observe_many(topic, entropies)
-            self.drift.observe(topic, margins, top1s)
-        for topic, ts in stamps.items():
-            waited_ms = now_ms - np.asarray(ts, dtype=np.float64)
-            self.latency.observe_many(topic, np.maximum(waited_ms, 0.0) / 1000)
+            child.inc(count)
+        # Each output's topic as a small integer, its timestamp, and its scores if it has any
+        # (a dead letter has none): (top1, margin, entropy) rows, as ``Summary`` orders them.
+        topics = list(map(_SOURCE_TOPIC, outputs))
+        index = {topic: i for i, topic in enumerate(dict.fromkeys(topics))}
+        codes = np.fromiter(map(index.__getitem__, topics), dtype=np.int64, count=n)
+        stamps = np.fromiter(map(_TIMESTAMP, outputs), dtype=np.float64, count=n)
+        summaries = list(map(_SCORES, outputs))
+        scored = np.fromiter(map(bool, summaries), dtype=np.bool_, count=n)
+        rows = int(scored.sum())
+        values = np.fromiter(
+            chain.from_iterable(filter(None, summaries)), dtype=np.float64, count=3 * rows
+        ).reshape(rows, 3)
+        scored_codes = codes[scored]
+        waited_s = np.maximum(now_ms - stamps, 0.0) / 1000
+        stamped = stamps > 0
+        for topic, i in index.items():
+            mine = values[scored_codes == i]
+            self.top1.observe_many(topic, mine[:, 0])
+            self.margin.observe_many(topic, mine[:, 1])
+            self.entropy.observe_many(topic, mine[:, 2])
+            self.drift.observe(topic, mine[:, 1], mine[:, 0])
+            self.latency.observe_many(topic, waited_s[(codes == i) & stamped])
 
     def set_assignment(self, partitions: Iterable[tuple[str, int]]) -> None:
         """A new assignment: lag series for exactly these partitions, each at 0 until measured."""

@@ -51,7 +51,9 @@ class AtLeastOnce(Guarantee):
         kafka = self.settings.kafka
         producer = make_producer(kafka)
         await start_within(producer, kafka, "producer", stop)
-        self.publisher = Publisher(producer, kafka.max_batch_size, self.fitter.limits)
+        self.publisher = Publisher(
+            producer, kafka.max_batch_size, self.fitter.limits, compression=kafka.compression_type
+        )
         stack.push_async_callback(lambda: self.publisher.producer.stop())  # the current one
 
     async def _stage(self, batches: Batches, outputs: list[Outbound]) -> Settling:

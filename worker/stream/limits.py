@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
+from operator import attrgetter
 
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
@@ -41,6 +43,7 @@ LIMITS_REFRESH_S = 60.0  # topic configs change rarely; a refusal refreshes them
 # Room for a record's framing beside its key and value, far above what the varints and
 # attributes of a record and its batch header take (61 bytes and a few varints).
 FRAMING = 128
+HEADER_FRAMING = 10  # the two length varints of a header, at the most
 # What the broker says when a record is its own problem, not the broker's or the cluster's.
 RECORD_REFUSALS = (
     MessageSizeTooLargeError,
@@ -51,6 +54,7 @@ RECORD_REFUSALS = (
 # Room a claim check takes at the most: its headers (the message is cut to 1 KiB).
 CLAIM_CHECK_BYTES = 4096
 TOPIC_AUTHORIZATION_FAILED = 29  # the error code of DescribeConfigs without the right
+_KEY, _VALUE, _HEADERS = attrgetter("key"), attrgetter("value"), attrgetter("headers")
 
 
 class OutputRefused(Exception):
@@ -107,6 +111,8 @@ class Fitter:
 
     def fit(self, records: Sequence[ConsumedRecord], outputs: list[Outbound]) -> list[Outbound]:
         limits = self.limits
+        if surely_fit(outputs, limits):
+            return outputs
         for i, o in enumerate(outputs):
             why = refusal(o, limits.get(o.topic))
             if why is not None:
@@ -126,6 +132,25 @@ class Fitter:
         if refusal(claim, self.limits.get(claim.topic)) is not None:
             raise FatalError(f"the dead-letter topic cannot hold a claim check: {why}")
         return claim
+
+
+def surely_fit(outputs: Sequence[Outbound], limits: Mapping[str, TopicLimit]) -> bool:
+    """Whether every output fits whichever topic of ``limits`` it is for, judged from a bound
+    on the largest record of the lot, read in C: no output is looked at alone unless the bound
+    comes near the smallest limit (or a topic is compacted)."""
+    if any(limit.compacted for limit in limits.values()):
+        return False
+    if not limits:
+        return True
+    smallest = min(limit.max_bytes for limit in limits.values())
+    values = max(map(len, filter(None, map(_VALUE, outputs))), default=0)
+    keys = max(map(len, filter(None, map(_KEY, outputs))), default=0)
+    headers = list(chain.from_iterable(map(_HEADERS, outputs)))
+    # Every header of the lot, as if one record carried them all; a name's characters take up
+    # to 4 bytes each in UTF-8.
+    header_bytes = 4 * sum(map(len, filter(None, chain.from_iterable(headers))))
+    header_bytes += HEADER_FRAMING * len(headers)
+    return FRAMING + keys + values + header_bytes <= smallest
 
 
 async def read_limits(

@@ -166,7 +166,14 @@ class PartitionProducers:
         next_offset: int,
     ) -> None:
         async with producer.transaction():
-            publisher = Publisher(producer, self.settings.kafka.max_batch_size, self.limits)
+            kafka = self.settings.kafka
+            publisher = Publisher(
+                producer,
+                kafka.max_batch_size,
+                self.limits,
+                transactional=True,
+                compression=kafka.compression_type,
+            )
             await acknowledged([sent.future for sent in await publisher.send(outputs)])
             offsets = {tp: OffsetAndMetadata(next_offset, "")}
             await producer.send_offsets_to_transaction(offsets, self.group_id)
