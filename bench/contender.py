@@ -88,7 +88,7 @@ def _child_env(profile: Path | None = None) -> dict[str, str]:
     return env
 
 
-def _command(c: Contender, spec_path: Path) -> list[str]:
+def command(c: Contender, spec_path: Path) -> list[str]:
     """A Python child (``bench.child``), or the Kafka Streams peer's JVM."""
     if c.kind == "kstreams":
         try:
@@ -138,7 +138,7 @@ async def run_contender(run: Run, c: Contender, rate: float | None) -> dict[str,
     spec_path.write_bytes(orjson.dumps(spec))
     log_path = run.workdir / f"{c.name}.log"
     try:
-        argv = _command(c, spec_path)
+        argv = command(c, spec_path)
     except Unavailable as exc:
         return {**result, "reason": str(exc)}
     procs: list[asyncio.subprocess.Process] = []
