@@ -57,7 +57,12 @@ public final class KStreamsPeer {
     }
     Router router = new Router(policies);
     watchParent();
-    warmUp(router, policies, Integer.getInteger("bench.warmup_events", 300_000));
+    long warmStart = System.nanoTime();
+    int warmCount = Integer.getInteger("bench.warmup_events", 300_000);
+    warmUp(router, policies, warmCount);
+    System.err.printf(
+        "kstreams-peer: warmed up on %,d events in %.1f s%n",
+        warmCount, (System.nanoTime() - warmStart) / 1e9);
 
     JsonNode outputs = spec.get("outputs");
     Topology topology = new Topology();
