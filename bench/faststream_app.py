@@ -6,7 +6,7 @@ worker's client), for comparison. Two settings sets, both at-least-once:
   (``AckPolicy.ACK``: FastStream's own default, ``ACK_FIRST``, is Kafka's auto-commit, which can
   commit a record before its output is written). Every other setting is FastStream's default:
   ``fetch_min_bytes=1``, ``fetch_max_wait_ms=500``, producer ``max_batch_size=16384``,
-  ``linger_ms=0``.
+  ``linger_ms=0``, ``acks=1``.
 * ``tuned``: the worker's fetch and batch settings. A batch subscriber (up to 2,000 records a
   call, the worker's batch), ``fetch_min_bytes=196608``, ``fetch_max_wait_ms=10``; every
   output of the batch sent without waiting, then all acknowledgements awaited at once, then
