@@ -8,6 +8,8 @@
   runs it (uvloop, signals, metrics, the garbage collector's tuning), with the guarantee the
   spec names. (Until this was noticed, the bench left out ``tune_gc``, which ``run`` calls.)
 * ``quix``: the Quix Streams application in ``bench.quix_app``.
+* ``faststream``: the FastStream application in ``bench.faststream_app``, on the worker's event
+  loop (uvloop). (``kstreams``, the Kafka Streams peer, is a JVM: ``bench.kstreams``.)
 
 With ``BENCH_PROFILE`` set to a path, the whole run is profiled with cProfile into it.
 Each prints one JSON line when its first records arrive (see ``spec.FirstConsumed``), runs
@@ -20,6 +22,7 @@ import asyncio
 import cProfile
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.spec import (
@@ -101,6 +104,15 @@ async def _worker(spec: Spec, stop: asyncio.Event) -> int:
     return await serve(settings, stop)
 
 
+def _faststream(first: FirstConsumed) -> Callable[[Spec, asyncio.Event], Awaitable[int]]:
+    async def run(spec: Spec, stop: asyncio.Event) -> int:
+        from bench.faststream_app import serve
+
+        return await serve(spec, first, stop)
+
+    return run
+
+
 def main(argv: list[str]) -> int:
     die_with_parent()
     profile_to = os.environ.get(PROFILE_ENV)
@@ -120,15 +132,18 @@ def _main(argv: list[str]) -> int:
         from bench.quix_app import run_quix
 
         return run_quix(spec, first)
-    _watch_getmany(first)
     from worker.observability import logs
     from worker.stream.service import install_stop_handlers, run_loop, tune_gc
 
     logs.configure("WARNING")
-    contender = _raw if spec["kind"] == "raw" else _worker
-    # As `logit-router run` starts the worker (worker.stream.service.run); the raw pipe gets
-    # the same, so that the ceiling is this client in the same process set-up.
-    tune_gc()
+    if spec["kind"] == "faststream":  # its handler reports the first records; no worker tuning
+        contender = _faststream(first)
+    else:
+        _watch_getmany(first)
+        contender = _raw if spec["kind"] == "raw" else _worker
+        # As `logit-router run` starts the worker (worker.stream.service.run); the raw pipe
+        # gets the same, so that the ceiling is this client in the same process set-up.
+        tune_gc()
 
     async def run() -> int:
         stop = asyncio.Event()

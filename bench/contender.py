@@ -17,7 +17,7 @@ import orjson
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench import measure
+from bench import kstreams, measure
 from bench.load import paced, prepare
 from bench.spec import POLICIES, PROFILE_ENV, WIDTHS, Spec
 
@@ -33,10 +33,11 @@ OUTPUT_CONFIG = {**INPUT_CONFIG, "message.timestamp.type": "LogAppendTime"}
 class Contender:
     name: str
     label: str
-    kind: str  # raw | worker | quix
+    kind: str  # raw | worker | quix | kstreams | faststream
     processing: dict[str, Any] = field(default_factory=dict)
     processes: int = 1  # child processes in the contender's one consumer group (replicas)
     policy: dict[str, Any] = field(default_factory=dict)  # added to every input's policy
+    peer: dict[str, Any] = field(default_factory=dict)  # a peer's own settings (Spec.peer)
 
 
 @dataclass
@@ -87,6 +88,16 @@ def _child_env(profile: Path | None = None) -> dict[str, str]:
     return env
 
 
+def command(c: Contender, spec_path: Path) -> list[str]:
+    """A Python child (``bench.child``), or the Kafka Streams peer's JVM."""
+    if c.kind == "kstreams":
+        try:
+            return kstreams.command(spec_path)
+        except kstreams.BuildError as exc:
+            raise Unavailable(str(exc)) from None
+    return [sys.executable, "-m", "bench.child", str(spec_path)]
+
+
 async def _lines(stream: asyncio.StreamReader, into: asyncio.Queue[dict[str, Any]]) -> None:
     async for line in stream:
         try:
@@ -121,16 +132,21 @@ async def run_contender(run: Run, c: Contender, rate: float | None) -> dict[str,
         "kafka": run.kafka,
         "processing": {**run.processing, **c.processing},
         "quix_commit_interval": run.quix_commit_interval,
+        "peer": c.peer,
     }
     spec_path = run.workdir / f"{c.name}.json"
     spec_path.write_bytes(orjson.dumps(spec))
     log_path = run.workdir / f"{c.name}.log"
+    try:
+        argv = command(c, spec_path)
+    except Unavailable as exc:
+        return {**result, "reason": str(exc)}
     procs: list[asyncio.subprocess.Process] = []
     with log_path.open("wb") as log:  # the replicas share one log
         for i in range(c.processes):
             name = c.name if c.processes == 1 else f"{c.name}-{i}"
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.child", str(spec_path),
+                *argv,
                 stdout=asyncio.subprocess.PIPE, stderr=log, cwd=REPO,
                 env=_child_env(run.profile_dir / f"{name}.prof" if run.profile_dir else None),
             )  # fmt: skip

@@ -9,6 +9,11 @@ TARGETS = (
     ("worker >= 0.85 x raw", "worker", "raw", 0.85),
     ("worker >= 1.5 x quix", "worker", "quix", 1.5),
     ("worker_eos >= 0.8 x worker", "worker_eos", "worker", 0.8),
+    # The field's peers, each at the worker's guarantee.
+    ("worker >= 1.5 x kstreams", "worker", "kstreams", 1.5),
+    ("worker_eos >= 1.5 x kstreams_eos", "worker_eos", "kstreams_eos", 1.5),
+    ("worker >= 1.5 x faststream", "worker", "faststream", 1.5),
+    ("worker >= 1.5 x faststream_tuned", "worker", "faststream_tuned", 1.5),
 )
 
 
@@ -40,8 +45,9 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     head = (
-        f"{'contender':<28} {'events/s':>9} {'x raw':>6} {'CPU us/ev':>9} {'peak MiB':>8} "
-        f"{'RSS grow':>8} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} {'lag p99':>7}  out/in"
+        f"{'contender':<28} {'events/s':>9} {'x raw':>6} {'x wkr':>6} {'CPU us/ev':>9} "
+        f"{'peak MiB':>8} {'RSS grow':>8} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} "
+        f"{'lag p99':>7}  out/in"
     )
     lines = [head, "-" * len(head)]
     for r in results.values():
@@ -52,10 +58,10 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         lag = (r.get("latency") or {}).get("pacer_lag_ms") or {}
         lines.append(
             f"{r['label']:<28} {r['events_per_s']:>9,.0f} {_fmt(r.get('ratio_to_raw'), '.2f'):>6} "
-            f"{r['cpu_us_per_event']:>9.1f} {r['peak_rss_mb']:>8.0f} "
-            f"{_fmt(r.get('rss_growth'), '+.1%'):>8} {_fmt(lat.get('p50'), '.1f'):>7} "
-            f"{_fmt(lat.get('p99'), '.1f'):>7} {_fmt(lat.get('p99.9'), '.1f'):>8} "
-            f"{_fmt(lag.get('p99'), '.1f'):>7}  "
+            f"{_fmt(r.get('ratio_to_worker'), '.2f'):>6} {r['cpu_us_per_event']:>9.1f} "
+            f"{r['peak_rss_mb']:>8.0f} {_fmt(r.get('rss_growth'), '+.1%'):>8} "
+            f"{_fmt(lat.get('p50'), '.1f'):>7} {_fmt(lat.get('p99'), '.1f'):>7} "
+            f"{_fmt(lat.get('p99.9'), '.1f'):>8} {_fmt(lag.get('p99'), '.1f'):>7}  "
             f"{r['events_out']}/{r['events_in']}"
         )
     return "\n".join(lines)

@@ -7,6 +7,8 @@ its rate is the load of every contender's latency phase (unless ``--rate`` is gi
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import sys
 import tempfile
@@ -19,7 +21,7 @@ from typing import Any, NoReturn
 import orjson
 from aiokafka.errors import KafkaError
 
-from bench import measure, report
+from bench import kstreams, measure, report
 from bench.contender import INPUT_CONFIG, Contender, Run, create_topics, run_contender
 from bench.env import environment
 from bench.load import prefill
@@ -53,6 +55,22 @@ CONTENDERS = {
             processes=2,
         ),
         Contender("quix", "(d) Quix Streams app", "quix"),
+        # The field's peers, each doing the worker's job (bench/kstreams, bench/faststream_app;
+        # their settings: docs/performance.md, "Peers").
+        Contender("kstreams", "(e) Kafka Streams", "kstreams"),
+        Contender(
+            "kstreams_eos",
+            "(f) Kafka Streams, EOS v2",
+            "kstreams",
+            {"guarantee": "exactly_once"},
+        ),
+        Contender("faststream", "(g) FastStream, defaults", "faststream"),
+        Contender(
+            "faststream_tuned",
+            "(h) FastStream, tuned",
+            "faststream",
+            peer={"tuned": True},
+        ),
     )
 }
 FULL, QUICK = 1_000_000, 100_000
@@ -219,6 +237,11 @@ async def bench(
 
 
 async def _measure_all(args: argparse.Namespace, run: Run, env: dict[str, Any]) -> dict[str, Any]:
+    if any(CONTENDERS[n].kind == "kstreams" for n in args.only):
+        print("building the Kafka Streams peer with Maven (once; cached) ...", flush=True)
+        # A failure is reported as each of its contenders' reason, with the others measured.
+        with contextlib.suppress(kstreams.BuildError):
+            await asyncio.to_thread(kstreams.ensure_built)
     await create_topics(run, list(run.inputs), INPUT_CONFIG)
     started = time.monotonic()
     produced = await prefill(run.bootstrap, run.inputs, args.events, args.seed)
@@ -243,10 +266,11 @@ async def _measure_all(args: argparse.Namespace, run: Run, env: dict[str, Any]) 
             print(report.latency_line(r.get("latency") or {}), flush=True)
         if rate is None and r.get("available"):
             rate = r["events_per_s"] / 2
-    raw = results.get("raw", {})
-    for r in results.values():
-        if r.get("available") and raw.get("available"):
-            r["ratio_to_raw"] = round(r["events_per_s"] / raw["events_per_s"], 3)
+    for base in ("raw", "worker"):
+        of = results.get(base, {})
+        for r in results.values():
+            if r.get("available") and of.get("available"):
+                r[f"ratio_to_{base}"] = round(r["events_per_s"] / of["events_per_s"], 3)
     checks = report.targets(results)
     print()
     print(report.table(results))

@@ -37,7 +37,7 @@ SHADOW_AND_SAMPLE: dict[str, Any] = {
 
 
 class Spec(TypedDict):
-    kind: str  # raw | worker | quix
+    kind: str  # raw | worker | quix | kstreams | faststream
     bootstrap: str
     group: str
     inputs: dict[str, dict[str, Any]]  # input topic -> policy
@@ -46,6 +46,7 @@ class Spec(TypedDict):
     kafka: dict[str, Any]  # overrides of the worker's [kafka] table (raw uses them too)
     processing: dict[str, Any]  # overrides of the worker's [processing] table
     quix_commit_interval: float
+    peer: dict[str, Any]  # a peer's own settings (kstreams: stream_threads; faststream: tuned)
 
 
 def read_spec(path: str) -> Spec:

@@ -23,6 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 EVENTS = 2000
 LATENCY_EVENTS = 400  # a second at 400 events/s, after half a second of warm-up
 WARMUP_EVENTS = 200
+# Ten contenders, each its own process; from a clean cache, a first Maven build of the Kafka
+# Streams peer (plugins and jars from Maven Central) on top.
+TIMEOUT_S = 600
+PEERS = {"quix", "kstreams", "kstreams_eos", "faststream", "faststream_tuned"}
 
 
 def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path) -> None:
@@ -34,7 +38,7 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path
             "--quix-commit-interval", "0.5", "--stall-seconds", "60",
             "--latency-samples", str(tmp_path / "samples"),
         ],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
@@ -46,7 +50,7 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path
     expect_native = os.environ.get("LOGIT_ROUTER_EXPECT_NATIVE") == "1"
     assert summary["environment"]["native_hot_path"] is (expect_native or native.available())
     results = summary["contenders"]
-    assert set(results) == {"raw", "worker", "worker_shadow", "worker_eos", "worker_x2", "quix"}
+    assert set(results) == {"raw", "worker", "worker_shadow", "worker_eos", "worker_x2", *PEERS}
     assert results["worker_x2"]["processes"] == 2 and results["worker"]["processes"] == 1
     for name, r in results.items():
         if name == "worker_eos" and not r["available"]:
@@ -55,7 +59,7 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path
         assert r["available"], (name, r.get("reason"))
         assert r["events_in"] == r["events_out"] == EVENTS, name
         assert r["exit_code"] == 0, name
-        assert r["transactional_outputs"] is (name == "worker_eos")
+        assert r["transactional_outputs"] is (name in ("worker_eos", "kstreams_eos"))
         assert r["events_per_s"] > 0 and r["cpu_s"] >= 0 and r["peak_rss_mb"] > 0
         assert r["rss_mb_at_10pct"] > 0 and r["rss_mb_at_end"] > 0
         # The throughput phase's CPU in cores; the broker's only when it is the bench's own.
@@ -98,4 +102,6 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path
         assert stamps[0] < lat["measured_from_ns"] <= stamps[-1]
     assert results["raw"]["ratio_to_raw"] == 1.0
     assert results["worker"]["ratio_to_raw"] > 0
+    assert results["worker"]["ratio_to_worker"] == 1.0
+    assert all(results[name]["ratio_to_worker"] > 0 for name in PEERS)
     assert [t["target"] for t in summary["targets"]][:1] == ["worker >= 0.85 x raw"]
