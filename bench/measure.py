@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
 
-from worker.core.settings import KafkaSettings
+from worker.core.kafka_settings import KafkaSettings
 from worker.stream import admin
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

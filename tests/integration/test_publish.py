@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from worker.core.kafka_settings import KafkaSettings
 from worker.core.records import Outbound
-from worker.core.settings import KafkaSettings
 from worker.stream import admin
 from worker.stream.connections import acknowledged, make_producer
 from worker.stream.limits import TopicLimit

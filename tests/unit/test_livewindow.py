@@ -20,7 +20,8 @@ from worker.audit import calibrate
 from worker.audit import verdicts as v
 from worker.audit.livewindow import RESULTS, LiveWindow
 from worker.core import calibration as cal
-from worker.core.settings import Limits, TopicPolicy
+from worker.core.settings import Limits
+from worker.core.topic_settings import TopicPolicy
 
 T = "t"
 HOUR_MS = 3_600_000

@@ -271,7 +271,7 @@ def test_a_batch_size_out_of_bounds_is_refused_by_name(tmp_path: Path) -> None:
 async def test_the_consumer_fetches_with_the_configured_bounds() -> None:
     """``kafka.fetch_min_bytes`` and ``kafka.fetch_max_wait_ms`` reach the client, defaults
     included (192 KiB or 10 ms, whichever comes first: docs/performance.md)."""
-    from worker.core.settings import KafkaSettings
+    from worker.core.kafka_settings import KafkaSettings
     from worker.stream.connections import make_consumer
 
     default = make_consumer(KafkaSettings(bootstrap_servers="127.0.0.1:9"), group_id="g")

@@ -26,7 +26,7 @@ import orjson
 from worker.audit.verdicts import AUDIT_SAMPLE, ROUTED, UNCERTAIN, Joined
 from worker.audit.whatif import shortest_between
 from worker.core import calibration as cal
-from worker.core.settings import TopicPolicy
+from worker.core.topic_settings import TopicPolicy
 
 CONFIDENCE = 0.95
 CURVE_POINTS = 100

@@ -33,7 +33,8 @@ from worker.audit.verdicts import (
     read_output,
 )
 from worker.core import calibration as cal
-from worker.core.settings import Limits, TopicPolicy
+from worker.core.settings import Limits
+from worker.core.topic_settings import TopicPolicy
 
 # The counts the monitor can tell apart (see the module's docstring for unknown_id).
 RESULTS = ("read", "malformed", "duplicates", "unknown_id", "unknown_label", "masked_label", "used")

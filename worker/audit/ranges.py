@@ -29,7 +29,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from worker.core.settings import KafkaSettings
+from worker.core.kafka_settings import KafkaSettings
 from worker.stream import admin
 
 _PAIRS = re.compile(r"^\s*\d+\s*:\s*\d+\s*(,\s*\d+\s*:\s*\d+\s*)*$")

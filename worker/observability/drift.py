@@ -20,7 +20,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from worker.core import drift
-from worker.core.settings import DriftWatch, Settings
+from worker.core.settings import Settings
+from worker.core.topic_settings import DriftWatch
 
 NAME = "logit_router_drift_psi"
 DOC = (

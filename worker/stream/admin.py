@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from worker.core.settings import KafkaSettings
+from worker.core.kafka_settings import KafkaSettings
 from worker.stream.connections import make_admin, make_consumer
 
 CREATE_TIMEOUT_S = 30.0

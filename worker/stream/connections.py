@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
-from worker.core.settings import KafkaSettings
+from worker.core.kafka_settings import KafkaSettings
 from worker.stream.security import permanent_failure
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import orjson
 from aiokafka.errors import KafkaError
 
-from worker.core.settings import KafkaSettings, Settings, routing_document, version_of
+from worker.core.kafka_settings import KafkaSettings
+from worker.core.settings import Settings, routing_document, version_of
 from worker.stream import admin
 from worker.stream.connections import FatalError, make_producer, start_within, stop_within
 

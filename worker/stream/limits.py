@@ -33,8 +33,8 @@ from aiokafka.errors import (
 )
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from worker.core.kafka_settings import KafkaSettings
 from worker.core.records import ConsumedRecord, Outbound, Router
-from worker.core.settings import KafkaSettings
 from worker.stream.connections import FatalError, make_admin, start_within
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 
-from worker.core.settings import KafkaSettings
+from worker.core.kafka_settings import KafkaSettings
 
 PROBE_TIMEOUT_MS = 10_000  # one connection attempt; the client's own attempt just failed
 

@@ -1,0 +1,146 @@
+"""``[kafka]``: how the worker reaches the brokers, its clients' settings and its secrets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    Field,
+    FilePath,
+    SecretStr,
+    StrictFloat,
+    StrictInt,
+    model_validator,
+)
+
+from worker.core.config_types import FROZEN
+
+
+class KafkaSettings(BaseModel):
+    """How the worker connects to Kafka, and its consumer's and producer's settings."""
+
+    model_config = FROZEN
+
+    bootstrap_servers: str = Field("localhost:9092", min_length=1)
+    """The brokers to contact first, as `host:port`, several separated by commas."""
+    group_id: str = Field("logit-router", min_length=1)
+    """The consumer group: workers with the same group share the input partitions. Under
+    exactly-once it also begins every transactional id."""
+    client_id: str = Field("logit-router", min_length=1)
+    """The name the clients give the brokers (their logs and quotas use it)."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How to talk to the brokers: in the clear, over TLS, with SASL, or SASL over TLS."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """The SASL mechanism; required with a `SASL_` protocol."""
+    sasl_username: str | None = None
+    """The SASL user; required with a `SASL_` protocol."""
+    sasl_password: SecretStr | None = None
+    """The SASL password; required with a `SASL_` protocol. Masked wherever the config is
+    printed; give it in the environment or through `sasl_password_file`."""
+    # Read once at load: see _SECRET_FILES.
+    sasl_password_file: Path | None = None
+    """A file holding the SASL password (a Kubernetes or Docker secret, say), read once at start
+    without its final line break. Give this or `sasl_password`, not both."""
+    # FilePath: a missing file is a config error (exit 2), named before anything connects.
+    ssl_cafile: FilePath | None = None
+    """The CA certificates that the brokers' certificates are checked against; the system's when
+    unset. Certificates are always checked."""
+    ssl_certfile: FilePath | None = None
+    """The client certificate, for brokers that authenticate clients by TLS."""
+    ssl_keyfile: FilePath | None = None
+    """The client certificate's private key; needs `ssl_certfile`."""
+    ssl_key_password: SecretStr | None = None
+    """The password of an encrypted `ssl_keyfile`. Masked like every secret."""
+    ssl_key_password_file: Path | None = None
+    """A file holding the key's password, read as `sasl_password_file` is. Give this or
+    `ssl_key_password`, not both."""
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    """Where to start in a partition that the group has committed nothing for."""
+    session_timeout_ms: StrictInt = Field(45_000, ge=1_000)
+    """How long the group waits for a heartbeat before it gives this worker's partitions to
+    another member."""
+    heartbeat_interval_ms: StrictInt = Field(3_000, ge=100)
+    """How often the consumer tells the group it is alive."""
+    max_poll_interval_ms: StrictInt = Field(300_000, ge=1_000)
+    """The longest the worker may take between fetches before the group counts it as stuck and
+    moves its partitions. Must be above `processing.transaction_timeout_ms`."""
+    request_timeout_ms: StrictInt = Field(40_000, ge=1_000)
+    """How long a client waits for a broker's answer to a request."""
+    connect_timeout_s: StrictFloat = Field(30.0, gt=0.0)
+    """How long the worker may go without reaching the brokers, at start or later, before it
+    gives up and exits with status 1."""
+    # Fewer, larger batches at moderate load, for a few ms of latency (docs/performance.md).
+    fetch_min_bytes: StrictInt = Field(196_608, ge=1)
+    """A fetch is answered once this many bytes are waiting, or after `fetch_max_wait_ms`,
+    whichever comes first."""
+    fetch_max_wait_ms: StrictInt = Field(10, ge=0)
+    """The longest a fetch waits for `fetch_min_bytes`: what it may add to the latency at low
+    rates, and how often an idle worker asks the brokers for records (raise it where many idle
+    workers share a cluster)."""
+    max_partition_fetch_bytes: StrictInt = Field(1_048_576, ge=1024)
+    """The most bytes one fetch returns from one partition."""
+    linger_ms: StrictInt = Field(0, ge=0)
+    """How long the producer waits for more records before sending. 0: send at once, since the
+    worker hands over whole batches."""
+    max_batch_size: StrictInt = Field(262_144, ge=1024)
+    """The most bytes in one record batch of one partition."""
+    # Large enough that the topic's own max.message.bytes, not the client, bounds a record.
+    max_request_size: StrictInt = Field(8_388_608, ge=1024)
+    """The largest produce request. Large, so that a dead-letter record can carry its input byte
+    for byte, however big it was."""
+    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
+    """Compression of the output batches; none when unset."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        for name in _SECRET_FILES:
+            path = data.get(f"{name}_file")
+            if path is None:
+                continue
+            if data.get(name) is not None:
+                raise ValueError(f"give {name} or {name}_file, not both")
+            data[name] = read_secret_file(Path(path), f"{name}_file")
+        return data
+
+    @model_validator(mode="after")
+    def _client_certificate_complete(self) -> KafkaSettings:
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile needs ssl_certfile (the client certificate)")
+        return self
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_"):
+            for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
+                if getattr(self, name) is None:
+                    raise ValueError(f"{name} is required with {self.security_protocol}")
+        return self
+
+
+_SECRET_FILES = ("sasl_password", "ssl_key_password")
+
+
+def read_secret_file(path: Path, field: str) -> SecretStr:
+    """A secret from a file, without its final line break (``echo`` and editors add one).
+
+    Errors name the field and the file, never the content.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(
+            f"{field} {path}: cannot read it ({exc.strerror or 'unknown error'})"
+        ) from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{field} {path}: not UTF-8 text") from None
+    secret = text.removesuffix("\n").removesuffix("\r")
+    if not secret:
+        raise ValueError(f"{field} {path}: the file is empty")
+    return SecretStr(secret)
