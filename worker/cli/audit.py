@@ -1,18 +1,15 @@
-"""The ``replay``, ``whatif`` and ``plot`` commands: their arguments, checks, loading, printing
+"""The ``whatif`` and ``plot`` commands: their arguments, checks, loading, printing
 and exit codes. The work itself is in ``worker.audit``, imported only when one of these
 commands runs.
 
-Exit status: 0 done; 1 a runtime failure (Kafka unreachable, a topic missing), or for
-``replay --fail-on-diff`` a difference or a missing original; 2 a bad argument or config,
-or matplotlib missing for a chart.
+Exit status: 0 done; 1 a runtime failure (Kafka unreachable, a topic missing); 2 a bad
+argument or config, or matplotlib missing for a chart.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,71 +31,13 @@ from worker.cli.common import (
     temperature,
     temperatures,
 )
-
-
-def _check_order(command: str, args: argparse.Namespace) -> None:
-    from worker.audit.ranges import RangeError, check_order
-
-    try:
-        check_order(args.start, args.end)
-    except RangeError as exc:
-        raise UsageError(f"logit-router {command}: {exc}") from None
-
-
-# --- replay ------------------------------------------------------------------------------
-
-
-def replay_command(args: argparse.Namespace) -> int:
-    from worker.audit import replay
-
-    configure_logs()
-    settings = load_config(args.config)
-    _check_order("replay", args)
-    try:
-        # refused before any I/O
-        replay.check_target(settings, args.topic, args.to_topic, args.as_published)
-    except replay.ReplayRefused as exc:
-        raise UsageError(f"logit-router replay: {exc}") from None
-    to_stdout = args.out == "-"
-    path = None if args.out in (None, "-") else Path(args.out)
-    partial = path.with_name(path.name + ".partial") if path is not None else None
-    try:
-        sink = sys.stdout.buffer if to_stdout else (partial.open("wb") if partial else None)
-    except OSError as exc:
-        raise UsageError(f"logit-router replay: cannot write {args.out}: {exc}") from None
-
-    async def work() -> dict[str, Any]:
-        await reachable(settings.kafka)
-        return await replay.replay(
-            settings,
-            args.topic,
-            args.start,
-            args.end,
-            write=sink.write if sink is not None else None,
-            to_topic=args.to_topic,
-            tolerance=args.tolerance,
-            as_published=args.as_published,
-        )
-
-    try:
-        result = run_async("replay", work)
-    finally:
-        if sink is not None and not to_stdout:
-            sink.close()
-    if isinstance(result, int):
-        if partial is not None:
-            partial.unlink(missing_ok=True)
-        return result
-    if partial is not None and path is not None:
-        os.replace(partial, path)
-    text = replay.human(result)
-    (sys.stderr if to_stdout else sys.stdout).write(text)
-    if args.fail_on_diff and replay.differs(result):
-        return EXIT_FAILURE
-    return EXIT_OK
-
-
-# --- whatif and plot margins: where the events come from ---------------------------------
+from worker.cli.options import (
+    check_order,
+    need_matplotlib,
+    png_path,
+    probabilities,
+    range_arguments,
+)
 
 
 def _load(command: str, args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]] | int:
@@ -115,7 +54,7 @@ def _load(command: str, args: argparse.Namespace) -> tuple[Any, Any, dict[str, A
         except OSError as exc:
             raise UsageError(f"logit-router {command}: cannot read {args.input}: {exc}") from None
         return _some_events(command, str(args.input), (settings, from_file, {}))
-    _check_order(command, args)
+    check_order(command, args)
     settings = load_config(args.config)
     topics = args.topic or sorted(settings.topics)
     if len(topics) > 1 and any(b is not None and b.offsets for b in (args.start, args.end)):
@@ -167,7 +106,7 @@ def whatif_command(args: argparse.Namespace) -> int:
 
     configure_logs()
     if args.png is not None:
-        _need_matplotlib("whatif")
+        need_matplotlib("whatif")
     temperatures = args.temperatures or list(whatif.LAB_TEMPERATURES)
     min_margins = args.min_margins or list(whatif.DEFAULT_MIN_MARGINS)
     min_top1s: list[float | None] = list(args.min_top1) if args.min_top1 else [None]
@@ -240,15 +179,6 @@ def _same(cell: Any, policy: Any) -> bool:
     )
 
 
-def _need_matplotlib(command: str) -> None:
-    from worker.audit.plot import MissingExtra, require_matplotlib
-
-    try:
-        require_matplotlib()
-    except MissingExtra as exc:
-        raise UsageError(f"logit-router {command}: {exc}") from None
-
-
 # --- plot --------------------------------------------------------------------------------
 
 _TEMPERATURE_ONLY = ("logits", "temperatures", "labels")
@@ -261,10 +191,10 @@ def plot_command(args: argparse.Namespace) -> int:
         _refuse(args, _MARGINS_ONLY, "the temperature chart")
         if args.logits is None:
             raise UsageError("logit-router plot: --logits is required for the temperature chart")
-        _need_matplotlib("plot")
+        need_matplotlib("plot")
         return _plot_temperature(args)
     _refuse(args, _TEMPERATURE_ONLY, "the margins chart")
-    _need_matplotlib("plot")
+    need_matplotlib("plot")
     return _plot_margins(args)
 
 
@@ -335,82 +265,6 @@ def _plot_margins(args: argparse.Namespace) -> int:
 # --- arguments ---------------------------------------------------------------------------
 
 
-def _bound(text: str) -> object:
-    from worker.audit.ranges import RangeError, parse_bound
-
-    try:
-        return parse_bound(text)
-    except RangeError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _probabilities(text: str) -> list[float]:
-    return [probability(part) for part in text.split(",")]
-
-
-def _png_path(text: str) -> Path:
-    path = Path(text)
-    if not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"no such directory: {path.parent}")
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"is a directory: {text}")
-    return path
-
-
-def _range_arguments(p: Parser, what: str) -> None:
-    p.add_argument("--config", type=existing_file, default=None, help=what)
-    p.add_argument(
-        "--from",
-        dest="start",
-        type=_bound,
-        default=None,
-        help="ISO time with a timezone (2026-11-26T12:00:00Z) or partition:offset[,...]",
-    )
-    p.add_argument(
-        "--to",
-        dest="end",
-        type=_bound,
-        default=None,
-        help="end of the range, excluded; same forms as --from",
-    )
-
-
-def _add_replay(sub: argparse._SubParsersAction[Parser]) -> None:
-    p = sub.add_parser(
-        "replay", help="re-score a topic range and diff it against what was published"
-    )
-    p.add_argument("--topic", required=True, help="the input topic to replay")
-    _range_arguments(
-        p,
-        "TOML config to re-score with (default: from the environment); with --as-published, "
-        "where to read, and the config for events that no output names a version for",
-    )
-    p.add_argument(
-        "--as-published",
-        action="store_true",
-        help="re-score each event with the config version its output names, from the config "
-        "history, instead of one config",
-    )
-    p.add_argument(
-        "--out", default=None, help="JSONL report: one line per event, then a summary; - for stdout"
-    )
-    p.add_argument(
-        "--to-topic",
-        default=None,
-        help="also publish the re-scored records to this (non-live) topic",
-    )
-    p.add_argument(
-        "--tolerance",
-        type=probability,
-        default=0.0,
-        help="probability change up to which events count as identical (default 0)",
-    )
-    p.add_argument(
-        "--fail-on-diff", action="store_true", help="exit 1 if anything differs or is missing"
-    )
-    p.set_defaults(handler=replay_command)
-
-
 def _temperatures_argument(p: Parser) -> None:
     # The lab's temperatures (``whatif.LAB_TEMPERATURES``, not imported: it loads numpy).
     help_text = "default 0.5,0.7,1.0,1.3,1.6,2.0"
@@ -424,22 +278,22 @@ def _add_whatif(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument(
         "--topic", action="append", default=[], help="repeatable; default: every configured topic"
     )
-    _range_arguments(p, "TOML config: brokers, topic labels, current policies")
+    range_arguments(p, "TOML config: brokers, topic labels, current policies")
     p.add_argument(
         "--input", type=existing_file, default=None, help="JSONL events instead of Kafka"
     )
     _temperatures_argument(p)
     p.add_argument(
-        "--min-margins", type=_probabilities, default=None, help="default 0.05,0.1,0.15,0.2,0.3"
+        "--min-margins", type=probabilities, default=None, help="default 0.05,0.1,0.15,0.2,0.3"
     )
-    p.add_argument("--min-top1", type=_probabilities, default=None, help="optional, e.g. 0.6")
+    p.add_argument("--min-top1", type=probabilities, default=None, help="optional, e.g. 0.6")
     p.add_argument(
         "--target-escalation-rate",
         type=probability,
         default=None,
         help="suggest a temperature and min_margin reaching this rate, e.g. 0.2",
     )
-    p.add_argument("--png", type=_png_path, default=None, help="chart of rate against temperature")
+    p.add_argument("--png", type=png_path, default=None, help="chart of rate against temperature")
     p.add_argument("--json", action="store_true", help="JSON on stdout instead of tables")
     p.set_defaults(handler=whatif_command)
 
@@ -449,7 +303,7 @@ def _add_plot(sub: argparse._SubParsersAction[Parser]) -> None:
         "plot", help="the lab's chart (probability vs temperature) or a margin histogram"
     )
     p.add_argument("chart", nargs="?", choices=["temperature", "margins"], default="temperature")
-    p.add_argument("-o", "--output", type=_png_path, required=True, help="PNG file to write")
+    p.add_argument("-o", "--output", type=png_path, required=True, help="PNG file to write")
     p.add_argument(
         "--logits", type=float_list, default=None, help="temperature chart: e.g. 3.2,2.8,0.5"
     )
@@ -463,7 +317,7 @@ def _add_plot(sub: argparse._SubParsersAction[Parser]) -> None:
         default=[],
         help="margins: repeatable; default every configured topic",
     )
-    _range_arguments(p, "margins: TOML config (brokers, policies)")
+    range_arguments(p, "margins: TOML config (brokers, policies)")
     p.add_argument(
         "--input", type=existing_file, default=None, help="margins: JSONL events instead of Kafka"
     )
@@ -479,4 +333,4 @@ def _add_plot(sub: argparse._SubParsersAction[Parser]) -> None:
     p.set_defaults(handler=plot_command)
 
 
-REGISTRARS = [_add_replay, _add_whatif, _add_plot]
+REGISTRARS = [_add_whatif, _add_plot]

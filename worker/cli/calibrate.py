@@ -17,7 +17,6 @@ from typing import Any
 
 import orjson
 
-from worker.cli.audit import _bound, _need_matplotlib, _png_path
 from worker.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -32,6 +31,7 @@ from worker.cli.common import (
     reachable,
     run_async,
 )
+from worker.cli.options import bound, need_matplotlib, png_path
 
 COMMAND = "calibrate"
 # --watch's options and their defaults (None in the parser, so that one given without --watch
@@ -86,12 +86,12 @@ def _add_calibrate(sub: argparse._SubParsersAction[Parser]) -> None:
         help="the worker's outputs as JSONL, instead of the routed and escalated topics",
     )
     p.add_argument(
-        "--from", dest="start", type=_bound, default=None, help="ISO time with a timezone"
+        "--from", dest="start", type=bound, default=None, help="ISO time with a timezone"
     )
     p.add_argument(
         "--to",
         dest="end",
-        type=_bound,
+        type=bound,
         default=None,
         help="end of the window, excluded; verdicts stamped at or after it are late",
     )
@@ -106,7 +106,7 @@ def _add_calibrate(sub: argparse._SubParsersAction[Parser]) -> None:
         action="store_true",
         help="every published event has a verdict: weigh all alike, routed ones included",
     )
-    p.add_argument("--png", type=_png_path, default=None, help="reliability and risk-coverage")
+    p.add_argument("--png", type=png_path, default=None, help="reliability and risk-coverage")
     p.add_argument("--json", action="store_true", help="the report as JSON on stdout")
     live = p.add_argument_group("watching calibration live (--watch)")
     live.add_argument(
@@ -226,7 +226,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     if args.watch:
         return _watch(args, settings)
     if args.png is not None:
-        _need_matplotlib(COMMAND)
+        need_matplotlib(COMMAND)
     read = _read(args, settings)
     if isinstance(read, int):
         return read

@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 
-from worker.cli.audit import _check_order, _range_arguments
 from worker.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -28,6 +27,7 @@ from worker.cli.common import (
     reachable,
     run_async,
 )
+from worker.cli.options import check_order, range_arguments
 
 
 def drift_command(args: argparse.Namespace) -> int:
@@ -51,7 +51,7 @@ def drift_command(args: argparse.Namespace) -> int:
         except (OSError, drift.ReferenceError) as exc:
             raise UsageError(f"logit-router drift: --reference {args.reference}: {exc}") from None
     settings = load_config(args.config)
-    _check_order(command, args)
+    check_order(command, args)
 
     async def work() -> Any:
         await reachable(settings.kafka)
@@ -102,7 +102,7 @@ def _add_drift(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     p.add_argument("action", nargs="?", choices=["snapshot"], default=None)
     p.add_argument("--topic", required=True, help="the input topic whose outputs are read")
-    _range_arguments(p, "TOML config: brokers and output topics (default: from the environment)")
+    range_arguments(p, "TOML config: brokers and output topics (default: from the environment)")
     p.add_argument(
         "-o", "--output", type=_output_path, default=None, help="snapshot: file to write"
     )

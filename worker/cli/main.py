@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import orjson
 
 from worker import __version__
-from worker.cli import audit, calibrate, config, drift
+from worker.cli import audit, calibrate, config, drift, replay
 from worker.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -163,6 +163,7 @@ Registrar = Callable[["argparse._SubParsersAction[Parser]"], None]
 
 
 REGISTRARS: list[Registrar] = [_add_score, _add_run, _add_demo, _add_schema]
+REGISTRARS += replay.REGISTRARS
 REGISTRARS += audit.REGISTRARS
 REGISTRARS += calibrate.REGISTRARS
 REGISTRARS += drift.REGISTRARS

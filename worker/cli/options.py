@@ -1,0 +1,67 @@
+"""Argument types and checks that the audit commands share (replay, whatif, plot, calibrate,
+drift): time or offset ranges, probability lists, PNG paths, the plot extra."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from worker.cli.common import Parser, UsageError, existing_file, probability
+
+
+def check_order(command: str, args: argparse.Namespace) -> None:
+    from worker.audit import ranges
+
+    try:
+        ranges.check_order(args.start, args.end)
+    except ranges.RangeError as exc:
+        raise UsageError(f"logit-router {command}: {exc}") from None
+
+
+def need_matplotlib(command: str) -> None:
+    from worker.audit.plot import MissingExtra, require_matplotlib
+
+    try:
+        require_matplotlib()
+    except MissingExtra as exc:
+        raise UsageError(f"logit-router {command}: {exc}") from None
+
+
+def bound(text: str) -> object:
+    from worker.audit.ranges import RangeError, parse_bound
+
+    try:
+        return parse_bound(text)
+    except RangeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def probabilities(text: str) -> list[float]:
+    return [probability(part) for part in text.split(",")]
+
+
+def png_path(text: str) -> Path:
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"no such directory: {path.parent}")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"is a directory: {text}")
+    return path
+
+
+def range_arguments(p: Parser, what: str) -> None:
+    p.add_argument("--config", type=existing_file, default=None, help=what)
+    p.add_argument(
+        "--from",
+        dest="start",
+        type=bound,
+        default=None,
+        help="ISO time with a timezone (2026-11-26T12:00:00Z) or partition:offset[,...]",
+    )
+    p.add_argument(
+        "--to",
+        dest="end",
+        type=bound,
+        default=None,
+        help="end of the range, excluded; same forms as --from",
+    )
