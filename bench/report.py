@@ -40,6 +40,9 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     growth = worker.get("rss_growth")
     out.append({"target": "worker RSS growth <= 10 %", "value": growth,
                 "met": None if growth is None else growth <= 0.10})  # fmt: skip
+    cpu = worker.get("cpu_us_per_event")
+    out.append({"target": "worker CPU <= 15 us per event", "value": cpu,
+                "met": None if cpu is None else cpu <= 15})  # fmt: skip
     return out
 
 

@@ -74,6 +74,7 @@ CONTENDERS = {
     )
 }
 FULL, QUICK = 1_000_000, 100_000
+RESULTS = Path(__file__).resolve().parent / "results"  # where a full run's report is kept
 # The broker's JIT compiler is still at work on the paths that small, paced requests take for
 # the first 20 to 45 s of a latency phase (see docs/performance.md): figures from then say
 # more about the JVM's warm-up than about the contender.
@@ -204,6 +205,13 @@ def build_parser() -> _Parser:
         "(sent_ns and receipt in µs, one line each)",
     )
     p.add_argument("--keep-topics", action="store_true", help="do not delete the topics afterwards")
+    p.add_argument(
+        "--save",
+        type=Path,
+        metavar="FILE",
+        help="also write the report (the last line's JSON, indented) to FILE; a full run "
+        "(1,000,000 events or more) writes it to bench/results/ unless this is given",
+    )
     return p
 
 
@@ -335,5 +343,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokerError as exc:
         sys.stderr.write(f"bench: error: {exc}\n")
         return 1
-    sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+    line = orjson.dumps(summary)
+    sys.stdout.write(line.decode() + "\n")
+    save: Path | None = args.save
+    if save is None and args.events >= FULL:
+        stamp = time.strftime("%Y-%m-%d-%H%M", time.gmtime())
+        save = RESULTS / f"{stamp}-full.json"
+    if save is not None:
+        try:
+            save.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+        except OSError as exc:
+            sys.stderr.write(f"bench: error: cannot write {save}: {exc.strerror}\n")
+            return 1
+        sys.stderr.write(f"bench: the report is in {save}\n")
     return 0

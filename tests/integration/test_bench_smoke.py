@@ -36,7 +36,7 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path
             sys.executable, "-m", "bench", "--events", str(EVENTS),
             "--rate", str(LATENCY_EVENTS), "--latency-seconds", "1", "--warmup-seconds", "0.5",
             "--quix-commit-interval", "0.5", "--stall-seconds", "60",
-            "--latency-samples", str(tmp_path / "samples"),
+            "--latency-samples", str(tmp_path / "samples"), "--save", str(tmp_path / "run.json"),
         ],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
     )  # fmt: skip
@@ -104,4 +104,11 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path
     assert results["worker"]["ratio_to_raw"] > 0
     assert results["worker"]["ratio_to_worker"] == 1.0
     assert all(results[name]["ratio_to_worker"] > 0 for name in PEERS)
-    assert [t["target"] for t in summary["targets"]][:1] == ["worker >= 0.85 x raw"]
+    targets = {t["target"]: t for t in summary["targets"]}
+    assert list(targets)[:1] == ["worker >= 0.85 x raw"]
+    cpu = targets["worker CPU <= 15 us per event"]
+    assert cpu["value"] == results["worker"]["cpu_us_per_event"]
+    assert cpu["met"] is (cpu["value"] <= 15)
+    # --save keeps the same report (a full run keeps it in bench/results/ by itself).
+    assert orjson.loads((tmp_path / "run.json").read_bytes()) == summary
+    assert summary["environment"]["commit"]
