@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import astuple
 from typing import Any
 
+import aiokafka
 import aiokafka.consumer.fetcher as fetcher
 import pytest
 from aiokafka.errors import CorruptRecordException
@@ -101,3 +102,18 @@ def test_install_makes_the_fetcher_use_them(monkeypatch: pytest.MonkeyPatch) -> 
     assert not records.verified  # aiokafka checks this one itself
     with pytest.raises(CorruptRecordException):
         list(fetcher.PartitionRecords(TP, records, [], 0, None, None, True, READ_COMMITTED))
+
+
+def test_another_aiokafka_release_keeps_its_own_unpacking(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The subclasses lean on aiokafka's internals: any other release is left alone.
+    original = unpacking._PartitionRecords.__mro__[1]
+    monkeypatch.setattr(fetcher, "MemoryRecords", MemoryRecords)
+    monkeypatch.setattr(fetcher, "PartitionRecords", original)
+    monkeypatch.setattr(aiokafka, "__version__", "0.15.0")
+    assert not unpacking.install()
+    assert fetcher.PartitionRecords is original
+    assert fetcher.MemoryRecords is MemoryRecords
+    monkeypatch.setattr(aiokafka, "__version__", "0.14.0")
+    monkeypatch.setattr(original, "_consumer_record", None)  # an internal renamed or gone
+    assert not unpacking.install()
+    assert fetcher.PartitionRecords is original
