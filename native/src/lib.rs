@@ -408,6 +408,7 @@ fn logit_router_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<batch::RecordBatch>()?;
     m.add_function(wrap_pyfunction!(route_many, m)?)?;
     m.add_function(wrap_pyfunction!(partition_index, m)?)?;
+    m.add_function(wrap_pyfunction!(batch::batches_crc_ok, m)?)?;
     m.add_function(wrap_pyfunction!(fsum, m)?)?;
     m.add_function(wrap_pyfunction!(format_float, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

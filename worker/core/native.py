@@ -49,6 +49,9 @@ route_many: RouteMany | None = _ext.route_many if _ext is not None else None
 partition_index: Callable[[bytes, int], int] | None = (
     _ext.partition_index if _ext is not None else None
 )
+# Whether every complete v2 record batch of fetched bytes has the right checksum
+# (``worker.stream.fetched``).
+batches_crc_ok: Callable[[bytes], bool] | None = _ext.batches_crc_ok if _ext is not None else None
 # A Kafka record batch filled from outputs in one call (``worker.stream.publish``).
 RecordBatch: type[_RecordBatch] | None = _ext.RecordBatch if _ext is not None else None
 

@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from worker.core.kafka_settings import KafkaSettings
+from worker.stream import fetched
 from worker.stream.security import permanent_failure
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ def _no_key_password() -> str:
 
 def make_consumer(kafka: KafkaSettings, *, group_id: str | None, **extra: Any) -> AIOKafkaConsumer:
     """A consumer of raw bytes with manual commits: we decode, and commit after the outputs."""
+    fetched.install()  # records unpacked with less Python where the compiled module is
     return AIOKafkaConsumer(
         **connection_options(kafka),
         group_id=group_id,
