@@ -50,11 +50,15 @@ def fetch_bytes(batches: int, per_batch: int) -> bytes:
     return bytes(out)
 
 
+# aiokafka's own class, even after a consumer made earlier in this process installed ours.
+AIOKAFKA_PARTITION_RECORDS = unpacking._PartitionRecords.__mro__[1]
+
+
 def unpacked(buffer: bytes, *, ours: bool) -> list[Any]:
     memory, partition = (
         (unpacking._CheckedRecords, unpacking._PartitionRecords)
         if ours
-        else (MemoryRecords, fetcher.PartitionRecords)
+        else (MemoryRecords, AIOKAFKA_PARTITION_RECORDS)
     )
     records: Iterator[Any] = partition(TP, memory(buffer), [], 0, None, None, True, READ_COMMITTED)
     return list(records)
@@ -106,7 +110,7 @@ def test_install_makes_the_fetcher_use_them(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_another_aiokafka_release_keeps_its_own_unpacking(monkeypatch: pytest.MonkeyPatch) -> None:
     # The subclasses lean on aiokafka's internals: any other release is left alone.
-    original = unpacking._PartitionRecords.__mro__[1]
+    original = AIOKAFKA_PARTITION_RECORDS
     monkeypatch.setattr(fetcher, "MemoryRecords", MemoryRecords)
     monkeypatch.setattr(fetcher, "PartitionRecords", original)
     monkeypatch.setattr(aiokafka, "__version__", "0.15.0")
