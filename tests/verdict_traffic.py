@@ -12,8 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import orjson
 
 from worker.core import calibration as cal
+from worker.devkit import traffic
 
 HARD_MARGIN = 0.3  # margin at T = 1 below which an event is "hard"
 HARD_T, EASY_T = 2.2, 0.8
@@ -30,6 +32,14 @@ def labels_at(rng: np.random.Generator, z: Any, temperature: float) -> Any:
     """One label per row, drawn from softmax(z / temperature)."""
     p = cal.probabilities(z, temperature)
     return (p.cumsum(axis=1) > rng.random(len(z))[:, None]).argmax(axis=1).astype(np.int64)
+
+
+def events(z: Any) -> list[traffic.Event]:
+    """One input event per row of logits, ids ``e0``, ``e1``, ... (what the verdicts name)."""
+    return [
+        traffic.Event(None, orjson.dumps({"id": f"e{i}", "logits": row}), [], None)
+        for i, row in enumerate(z.tolist())
+    ]
 
 
 def overconfident_labels(rng: np.random.Generator, z: Any) -> Any:

@@ -63,11 +63,7 @@ async def test_calibrate_finds_the_temperature_and_counts_bad_verdicts(
     rng = np.random.default_rng(23)
     z = vt.logits(rng, EVENTS, len(LABELS))
     truth = vt.labels_at(rng, z, TRUE_T)
-    events = [
-        traffic.Event(None, orjson.dumps({"id": f"e{i}", "logits": row}), [], None)
-        for i, row in enumerate(z.tolist())
-    ]
-    await traffic.produce(bootstrap, support, events)
+    await traffic.produce(bootstrap, support, vt.events(z))
     await traffic.produce(bootstrap, fraud, traffic.synthetic(50, seed=1, malformed_rate=0.0))
     async with helpers.running_worker(settings):
         await helpers.wait_until_committed(settings)

@@ -108,11 +108,7 @@ async def test_the_monitor_serves_the_one_shot_figures_and_follows_new_verdicts(
     rng = np.random.default_rng(7)
     z = vt.logits(rng, EVENTS, len(LABELS))
     truth = vt.labels_at(rng, z, TRUE_T)
-    events = [
-        traffic.Event(None, orjson.dumps({"id": f"e{i}", "logits": row}), [], None)
-        for i, row in enumerate(z.tolist())
-    ]
-    await traffic.produce(bootstrap, support, events)
+    await traffic.produce(bootstrap, support, vt.events(z))
     async with helpers.running_worker(settings):
         await helpers.wait_until_committed(settings)
     outputs = await helpers.read_outputs(settings)

@@ -34,7 +34,7 @@ from worker.cli.common import (
 from worker.cli.options import (
     check_order,
     need_matplotlib,
-    png_path,
+    output_path,
     probabilities,
     range_arguments,
 )
@@ -293,7 +293,9 @@ def _add_whatif(sub: argparse._SubParsersAction[Parser]) -> None:
         default=None,
         help="suggest a temperature and min_margin reaching this rate, e.g. 0.2",
     )
-    p.add_argument("--png", type=png_path, default=None, help="chart of rate against temperature")
+    p.add_argument(
+        "--png", type=output_path, default=None, help="chart of rate against temperature"
+    )
     p.add_argument("--json", action="store_true", help="JSON on stdout instead of tables")
     p.set_defaults(handler=whatif_command)
 
@@ -303,7 +305,7 @@ def _add_plot(sub: argparse._SubParsersAction[Parser]) -> None:
         "plot", help="the lab's chart (probability vs temperature) or a margin histogram"
     )
     p.add_argument("chart", nargs="?", choices=["temperature", "margins"], default="temperature")
-    p.add_argument("-o", "--output", type=png_path, required=True, help="PNG file to write")
+    p.add_argument("-o", "--output", type=output_path, required=True, help="PNG file to write")
     p.add_argument(
         "--logits", type=float_list, default=None, help="temperature chart: e.g. 3.2,2.8,0.5"
     )

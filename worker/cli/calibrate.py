@@ -31,7 +31,7 @@ from worker.cli.common import (
     reachable,
     run_async,
 )
-from worker.cli.options import bound, need_matplotlib, png_path
+from worker.cli.options import bound, need_matplotlib, output_path
 
 COMMAND = "calibrate"
 # --watch's options and their defaults (None in the parser, so that one given without --watch
@@ -106,7 +106,7 @@ def _add_calibrate(sub: argparse._SubParsersAction[Parser]) -> None:
         action="store_true",
         help="every published event has a verdict: weigh all alike, routed ones included",
     )
-    p.add_argument("--png", type=png_path, default=None, help="reliability and risk-coverage")
+    p.add_argument("--png", type=output_path, default=None, help="reliability and risk-coverage")
     p.add_argument("--json", action="store_true", help="the report as JSON on stdout")
     live = p.add_argument_group("watching calibration live (--watch)")
     live.add_argument(

@@ -27,7 +27,7 @@ from worker.cli.common import (
     reachable,
     run_async,
 )
-from worker.cli.options import check_order, range_arguments
+from worker.cli.options import check_order, output_path, range_arguments
 
 
 def drift_command(args: argparse.Namespace) -> int:
@@ -85,15 +85,6 @@ def _write(path: Path, data: bytes) -> None:
         raise UsageError(f"logit-router drift snapshot: cannot write {path}: {exc}") from None
 
 
-def _output_path(text: str) -> Path:
-    path = Path(text)
-    if not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"no such directory: {path.parent}")
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"is a directory: {text}")
-    return path
-
-
 def _add_drift(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser(
         "drift",
@@ -103,9 +94,7 @@ def _add_drift(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("action", nargs="?", choices=["snapshot"], default=None)
     p.add_argument("--topic", required=True, help="the input topic whose outputs are read")
     range_arguments(p, "TOML config: brokers and output topics (default: from the environment)")
-    p.add_argument(
-        "-o", "--output", type=_output_path, default=None, help="snapshot: file to write"
-    )
+    p.add_argument("-o", "--output", type=output_path, default=None, help="snapshot: file to write")
     p.add_argument(
         "--reference", type=existing_file, default=None, help="the reference to compare with"
     )

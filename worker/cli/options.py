@@ -40,7 +40,8 @@ def probabilities(text: str) -> list[float]:
     return [probability(part) for part in text.split(",")]
 
 
-def png_path(text: str) -> Path:
+def output_path(text: str) -> Path:
+    """A file to write: its directory exists and it is not a directory itself."""
     path = Path(text)
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"no such directory: {path.parent}")
