@@ -37,6 +37,21 @@ class RecordBatch:
     ) -> None: ...
     def _build(self) -> bytes: ...
 
+class RouteJob:
+    def __init__(
+        self,
+        topics: list[Topic],
+        raws: list[bytes | None],
+        partitions: list[int],
+        offsets: list[int],
+        timestamps: list[int | None],
+        notify_fd: int,
+    ) -> None: ...
+    def done(self) -> bool: ...
+    def results(
+        self,
+    ) -> list[tuple[bytes, bool, str | None, float, float, float, bool | None] | None]: ...
+
 def route_many(
     topics: list[Topic],
     raws: list[bytes | None],

@@ -306,6 +306,16 @@ def test_floats_from_random_bits_are_written_as_orjson_writes_them() -> None:
             assert ext.format_float(v) == orjson.dumps(v), repr(v)
 
 
+def test_floats_beside_every_power_of_ten_are_written_as_orjson_writes_them() -> None:
+    """Where the text switches to an exponent, and where the writer stops looking for one."""
+    for k in range(-330, 309):
+        p = float(f"1e{k}")
+        for v in (p, math.nextafter(p, 0.0), math.nextafter(p, math.inf), 2.5 * p, 9.99 * p):
+            for x in (v, -v):
+                if math.isfinite(x):
+                    assert ext.format_float(x) == orjson.dumps(x), repr(x)
+
+
 @settings(max_examples=1000, deadline=None)
 @given(st.lists(st.floats(-1e300, 1e300), max_size=40))
 def test_the_sum_is_math_fsum_bit_for_bit(values: list[float]) -> None:

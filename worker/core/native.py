@@ -27,6 +27,7 @@ from worker.core.settings import Settings
 
 if TYPE_CHECKING:
     from logit_router_native import RecordBatch as _RecordBatch
+    from logit_router_native import RouteJob as _RouteJob
 
 _ext: ModuleType | None
 try:
@@ -54,6 +55,9 @@ partition_index: Callable[[bytes, int], int] | None = (
 batches_crc_ok: Callable[[bytes], bool] | None = _ext.batches_crc_ok if _ext is not None else None
 # A Kafka record batch filled from outputs in one call (``worker.stream.publish``).
 RecordBatch: type[_RecordBatch] | None = _ext.RecordBatch if _ext is not None else None
+# ``route_many`` on a thread of its own, for the event loop to go on meanwhile
+# (``worker.stream.offload``).
+RouteJob: type[_RouteJob] | None = _ext.RouteJob if _ext is not None else None
 
 
 def available() -> bool:

@@ -10,7 +10,7 @@ else through the Python path here; on one platform both write the same bytes (on
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import orjson
 
@@ -21,6 +21,9 @@ from worker.core.native import Compiled
 from worker.core.routing import Decision, Policy, Routing, ScoringError, route
 from worker.core.schema import ABSENT, PER_RECORD, template
 from worker.core.settings import Settings
+
+if TYPE_CHECKING:
+    from logit_router_native import RouteJob
 
 Kind = Literal["routed", "escalated", "dead_letter"]
 Headers = list[tuple[str, bytes]]
@@ -114,6 +117,21 @@ class Router:
             [r.partition for r in records],
             [r.offset for r in records],
             [r.timestamp for r in records],
+        )
+
+    def begin(self, records: Sequence[ConsumedRecord], notify_fd: int) -> RouteJob | None:
+        """``compiled`` on a thread of the compiled module's own: the job it runs, which writes
+        a byte to ``notify_fd`` when done; ``None`` when the compiled module is not in use."""
+        topics = self.native_topics
+        if topics is None or native.RouteJob is None:
+            return None
+        return native.RouteJob(
+            [topics[r.topic] for r in records],
+            [r.value for r in records],
+            [r.partition for r in records],
+            [r.offset for r in records],
+            [r.timestamp for r in records],
+            notify_fd,
         )
 
     def finish(

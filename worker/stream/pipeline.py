@@ -22,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
@@ -38,6 +38,7 @@ from worker.stream.connections import FatalError, StopRequested, make_consumer, 
 from worker.stream.exactly_once import ExactlyOnce
 from worker.stream.guarantee import Batches, Guarantee
 from worker.stream.limits import LIMITS_REFRESH_S, Fitter
+from worker.stream.offload import Offload, Routed
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,17 @@ ROUTE_SLICE = 250  # records routed between two turns of the event loop
 # How often the lag gauge is refreshed: far more often than any scrape, and at most two looks
 # at every assigned partition a second, whatever the batch rate.
 LAG_REFRESH_S = 0.5
+
+
+class _Ahead(NamedTuple):
+    """A fetched batch whose compiled routing has begun."""
+
+    batches: Batches
+    records: list[ConsumedRecord]
+    router: Router
+    compiled: asyncio.Future[Routed]
+    started: float
+    rebalances: int  # ``Worker._rebalances`` when it began
 
 
 class DrainTimeout(Exception):
@@ -68,6 +80,8 @@ class Worker:
         self.started = False
         self.consumer: AIOKafkaConsumer | None = None  # once subscribed: a reload re-subscribes
         self._stop: asyncio.Event | None = None
+        self._offload: Offload | None = None  # while running
+        self._rebalances = 0  # so far: a batch begun before one is dropped
         self.assignment: frozenset[TopicPartition] = frozenset()
 
     @property
@@ -104,6 +118,8 @@ class Worker:
             # Recorded before any output names it, so an auditor can always look it up.
             await history.publish(self.settings)
             await self.fitter.refresh()
+            self._offload = Offload()
+            stack.callback(self._close_offload)  # after the loop, before the clients close
             self._subscribe(consumer)
             lag = asyncio.create_task(self._refresh_lag(consumer))
             stack.push_async_callback(cancelled, lag)  # before the consumer closes
@@ -151,6 +167,11 @@ class Worker:
             return str(exc)
         return _absent(missing) if missing else None
 
+    def _close_offload(self) -> None:
+        if self._offload is not None:
+            self._offload.close()
+            self._offload = None
+
     async def _close_consumer(self, consumer: AIOKafkaConsumer) -> None:
         self.started = False
         self.consumer = None
@@ -174,45 +195,83 @@ class Worker:
         processing = self.settings.processing
         guarantee = self.guarantee
         drain = _Drain(processing.drain_timeout_s)
+        ahead: _Ahead | None = None  # fetched, being routed by the routing thread
         try:
             while not stop.is_set():
+                # With a batch being routed, take only what is fetched already: that batch
+                # must not wait for more.
                 batches = await consumer.getmany(
-                    timeout_ms=FETCH_TIMEOUT_MS, max_records=processing.batch_records
+                    timeout_ms=0 if ahead else FETCH_TIMEOUT_MS,
+                    max_records=processing.batch_records,
                 )
-                # Nothing to overlap with: finish what is in flight (a stop bounds it).
-                step = self._step(batches) if batches else guarantee.settled()
-                await _finish_within(asyncio.create_task(step), stop, drain)
+                following = await self._begin(batches) if batches else None
+                step: Coroutine[Any, Any, object] | None
+                if ahead is not None:
+                    step = self._finish(ahead)
+                elif following is None:
+                    step = guarantee.settled()  # nothing to overlap with: settle what is in flight
+                else:
+                    step = None
+                ahead = following
+                if step is not None:
+                    await _finish_within(asyncio.create_task(step), stop, drain)
+            if ahead is not None:
+                await _finish_within(asyncio.create_task(self._finish(ahead)), stop, drain)
             for settling in guarantee.in_flight():
                 await _finish_within(settling, stop, drain)
             await guarantee.settled()
         finally:
             await guarantee.abandon()
 
-    async def _step(self, batches: Batches) -> None:
-        """Route a fetched batch while the previous one settles, then hand it over."""
+    async def _begin(self, batches: Batches) -> _Ahead | None:
+        """Hold a fetched batch and start its compiled routing in the routing thread, where it
+        runs while the loop publishes the batch before it."""
         async with self.batch_lock:
             batches = self.guarantee.fresh(batches)
             if not batches:
-                return
+                return None
             started = time.perf_counter()
             self.guarantee.hold(batches)
+            records = [r for rs in batches.values() for r in rs]
+            router = self.router
+            assert self._offload is not None  # noqa: S101 - set while the loop runs
+            compiled = self._offload.route(router, records)
+            return _Ahead(batches, records, router, compiled, started, self._rebalances)
+
+    async def _finish(self, ahead: _Ahead) -> None:
+        """Finish routing a batch begun by ``_begin`` and hand it to the guarantee. One that a
+        rebalance overtook is dropped: its partitions are fetched again from their committed
+        offsets."""
+        async with self.batch_lock:
+            batches = ahead.batches
             try:
-                outputs = await self._route([r for rs in batches.values() for r in rs])
-                await self.guarantee.publish(batches, outputs, started)
+                compiled = await ahead.compiled
+                if ahead.rebalances != self._rebalances:
+                    self.guarantee.release(batches)
+                    return
+                outputs = await self._route(ahead.router, ahead.records, compiled)
+                await self.guarantee.publish(batches, outputs, ahead.started)
             except BaseException:
                 self.guarantee.release(batches)
                 raise
 
-    async def _route(self, records: list[ConsumedRecord]) -> list[Outbound]:
-        """``Router.process`` in slices, letting the event loop run between them: the previous
+    async def _route(
+        self,
+        router: Router,
+        records: list[ConsumedRecord],
+        compiled: Routed,
+    ) -> list[Outbound]:
+        """``Router.finish`` in slices, letting the event loop run between them: the previous
         batch's acknowledgements and commit need the loop to make progress. (An output depends
         only on its record, not on the records routed beside it.)"""
         outputs: list[Outbound] = []
         for start in range(0, len(records), ROUTE_SLICE):
             if start:
                 await asyncio.sleep(0)
-            chunk = records[start : start + ROUTE_SLICE]
-            outputs += self.fitter.fit(chunk, self.router.process(chunk))
+            end = start + ROUTE_SLICE
+            chunk = records[start:end]
+            done = None if compiled is None else compiled[start:end]
+            outputs += self.fitter.fit(chunk, router.finish(chunk, done))
         return outputs
 
     async def _refresh_lag(self, consumer: AIOKafkaConsumer) -> None:
@@ -237,12 +296,14 @@ class Worker:
             self.metrics.set_lag(tp.topic, tp.partition, end - position + self.guarantee.held(tp))
 
     def assigned(self, assigned: set[TopicPartition]) -> None:
+        self._rebalances += 1
         self.assignment = frozenset(assigned)
         self.metrics.rebalances.inc()
         self.metrics.set_assignment((tp.topic, tp.partition) for tp in assigned)
         log.info("assigned %d partitions: %s", len(assigned), _tps(assigned))
 
     def revoked(self, revoked: set[TopicPartition]) -> None:
+        self._rebalances += 1
         self.assignment = frozenset()
         if revoked:
             log.info("revoked %d partitions: %s", len(revoked), _tps(revoked))
