@@ -11,7 +11,7 @@ worker's client), for comparison. Two settings sets, both at-least-once:
   call, the worker's batch), ``fetch_min_bytes=196608``, ``fetch_max_wait_ms=10``; every
   output of the batch sent without waiting, then all acknowledgements awaited at once, then
   one commit for the batch (``AckPolicy.ACK`` on a batch subscriber); producer batches of up
-  to 256 KiB, idempotent with ``acks=all`` as the worker's.
+  to 1 MiB, idempotent with ``acks=all`` as the worker's.
 
 The scoring is the Quix peer's (``bench.quix_app``): plain Python per message. Refused records
 go to the dead-letter topic unchanged, with the worker's reason in a ``dlq.reason`` header.
@@ -170,7 +170,7 @@ def build(spec: Spec, first: FirstConsumed, tuned: bool) -> KafkaBroker:
     outputs = spec["outputs"]
     scorers = {topic: make_scorer(policy) for topic, policy in spec["inputs"].items()}
     producer: dict[str, Any] = (
-        {"max_batch_size": 262_144, "enable_idempotence": True, "acks": "all"} if tuned else {}
+        {"max_batch_size": 1_048_576, "enable_idempotence": True, "acks": "all"} if tuned else {}
     )
     # FastStream logs every message it handles at INFO; the worker logs none: these go at
     # DEBUG, under its logger's INFO, so only its warnings and errors are written.

@@ -85,8 +85,10 @@ class KafkaSettings(BaseModel):
     linger_ms: StrictInt = Field(0, ge=0)
     """How long the producer waits for more records before sending. 0: send at once, since the
     worker hands over whole batches."""
-    max_batch_size: StrictInt = Field(262_144, ge=1024)
-    """The most bytes in one record batch of one partition."""
+    max_batch_size: StrictInt = Field(1_048_576, ge=1024)
+    """The most bytes in one record batch of one partition (and never more than the topic's
+    `max.message.bytes`). Large, because aiokafka keeps one produce request in flight per
+    broker: each round trip should carry a whole batch of the worker's."""
     # Large enough that the topic's own max.message.bytes, not the client, bounds a record.
     max_request_size: StrictInt = Field(8_388_608, ge=1024)
     """The largest produce request. Large, so that a dead-letter record can carry its input byte
