@@ -132,6 +132,7 @@ class ExactlyOnce(Guarantee):
             start = self._next.get(tp)  # None: fenced or revoked, not ours to read
             if start is not None and tp in owned:
                 self.consumer.seek(tp, start)
+                self._seeks[tp] = self._seeks.get(tp, 0) + 1
 
     async def _back_off(self, aborted: list[TopicPartition]) -> None:
         """Retry aborted transactions after a pause. A partition none of whose transactions

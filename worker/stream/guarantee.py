@@ -56,6 +56,7 @@ class Guarantee(ABC):
         # committed, the one being routed included.
         self._in_flight: list[InFlight] = []
         self._held: list[Batches] = []
+        self._seeks: dict[TopicPartition, int] = {}  # partitions positioned again, how often
 
     # --- what the loop calls ---------------------------------------------------------------
 
@@ -69,6 +70,17 @@ class Guarantee(ABC):
         """The records of a fetch still to be processed, of partitions still owned."""
         owned = self.consumer.assignment()
         return {tp: rs for tp, rs in batches.items() if tp in owned and rs}
+
+    def mark(self, batches: Batches) -> dict[TopicPartition, int]:
+        """How often each partition of a fetched batch had been positioned again, for
+        ``refresh`` when the batch is taken up later."""
+        return {tp: self._seeks.get(tp, 0) for tp in batches}
+
+    def refresh(self, batches: Batches, mark: dict[TopicPartition, int]) -> Batches:
+        """``fresh`` again, for a batch fetched while others were published: also without the
+        partitions positioned again since ``mark``, whose records are fetched again."""
+        kept = {tp: rs for tp, rs in batches.items() if self._seeks.get(tp, 0) == mark[tp]}
+        return self.fresh(kept)
 
     def hold(self, batches: Batches) -> None:
         """``batches`` are being routed: count them as fetched and not committed."""

@@ -55,11 +55,15 @@ class Offload:
         for job, future in self._jobs:
             if not job.done():
                 waiting.append((job, future))
-            elif not future.cancelled():
-                try:
-                    future.set_result(job.results())
-                except Exception as exc:  # noqa: BLE001 - the batch's to raise
+                continue
+            try:
+                routed = job.results()  # joins its thread, so it has written its byte
+            except Exception as exc:  # noqa: BLE001 - the batch's to raise
+                if not future.cancelled():
                     future.set_exception(exc)
+                continue
+            if not future.cancelled():
+                future.set_result(routed)
         self._jobs = waiting
 
     def close(self) -> None:

@@ -1,14 +1,20 @@
 """The worker loop: fetch raw records, route them, hand them to the delivery guarantee.
 
-Order of work for each batch:
+Order of work, two batches at a time:
 
-1. ``getmany`` (bounded by ``processing.batch_records``) returns records of several partitions.
-2. The guarantee keeps those still to be processed (``Guarantee.fresh``).
-3. ``Router.process`` gives exactly one output per input: routed, escalated or dead-letter. It
-   runs in slices that let the event loop carry the previous batch's acknowledgements.
-4. The guarantee publishes the outputs and commits the input offsets after them
-   (``worker.stream.guarantee``); nothing is ever committed ahead of its outputs, and a crash
-   before the commit redelivers the batch.
+1. ``getmany`` (bounded by ``processing.batch_records``) returns records of several partitions;
+   while a batch is being routed it takes only what is fetched already.
+2. ``_begin``: the guarantee keeps those still to be processed (``Guarantee.fresh``), and the
+   compiled module starts routing them on a thread of its own (``worker.stream.offload``).
+3. ``_finish`` of the batch begun one turn before: its compiled results, then
+   ``Router.finish`` (exactly one output per input: routed, escalated or dead-letter), in
+   slices that let the event loop carry acknowledgements; then the guarantee publishes the
+   outputs and commits the input offsets after them (``worker.stream.guarantee``). Nothing is
+   ever committed ahead of its outputs, and a crash before the commit redelivers the batch.
+
+So batch N+1 is routed while batch N is published, and batches are published in the order they
+were fetched. A batch begun before a rebalance is dropped when it comes to be finished: its
+partitions are fetched again from their committed offsets, by whichever worker owns them.
 
 The guarantee is chosen once, from ``processing.guarantee`` (``GUARANTEES``). The rebalance
 listener delegates to it under the loop's batch lock, so a rebalance waits for the batch in
@@ -62,6 +68,7 @@ class _Ahead(NamedTuple):
     compiled: asyncio.Future[Routed]
     started: float
     rebalances: int  # ``Worker._rebalances`` when it began
+    mark: dict[TopicPartition, int]  # ``Guarantee.mark`` when it began
 
 
 class DrainTimeout(Exception):
@@ -236,23 +243,37 @@ class Worker:
             router = self.router
             assert self._offload is not None  # noqa: S101 - set while the loop runs
             compiled = self._offload.route(router, records)
-            return _Ahead(batches, records, router, compiled, started, self._rebalances)
+            mark = self.guarantee.mark(batches)
+            return _Ahead(batches, records, router, compiled, started, self._rebalances, mark)
 
     async def _finish(self, ahead: _Ahead) -> None:
-        """Finish routing a batch begun by ``_begin`` and hand it to the guarantee. One that a
-        rebalance overtook is dropped: its partitions are fetched again from their committed
+        """Finish routing a batch begun by ``_begin`` and hand it to the guarantee. What is no
+        longer to be processed now is left out (``Guarantee.refresh``); the whole batch, if a
+        rebalance came in between: its partitions are fetched again from their committed
         offsets."""
         async with self.batch_lock:
-            batches = ahead.batches
+            held = ahead.batches
             try:
                 compiled = await ahead.compiled
                 if ahead.rebalances != self._rebalances:
-                    self.guarantee.release(batches)
+                    self.guarantee.release(held)
                     return
-                outputs = await self._route(ahead.router, ahead.records, compiled)
-                await self.guarantee.publish(batches, outputs, ahead.started)
+                batches = self.guarantee.refresh(held, ahead.mark)
+                records = [r for rs in batches.values() for r in rs]
+                if len(records) != len(ahead.records):
+                    self.guarantee.release(held)
+                    held = batches
+                    self.guarantee.hold(held)
+                    if compiled is not None:
+                        by_record = dict(zip(map(id, ahead.records), compiled, strict=True))
+                        compiled = [by_record[id(r)] for r in records]
+                if records:
+                    outputs = await self._route(ahead.router, records, compiled)
+                    await self.guarantee.publish(batches, outputs, ahead.started)
+                else:
+                    self.guarantee.release(held)
             except BaseException:
-                self.guarantee.release(batches)
+                self.guarantee.release(held)
                 raise
 
     async def _route(
