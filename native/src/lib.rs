@@ -261,7 +261,7 @@ struct RouteJob {
 }
 
 /// Records from which a `RouteJob` is split over two threads.
-const PARALLEL_FROM: usize = 256;
+const PARALLEL_FROM: usize = 1_000;
 
 /// What a `RouteJob`'s thread gives: the outputs, and the topics back to be released under
 /// the GIL.

@@ -5,16 +5,18 @@ Order of work, two batches at a time:
 1. ``getmany`` (bounded by ``processing.batch_records``) returns records of several partitions;
    while a batch is being routed it takes only what is fetched already.
 2. ``_begin``: the guarantee keeps those still to be processed (``Guarantee.fresh``), and the
-   compiled module starts routing them on a thread of its own (``worker.stream.offload``).
+   compiled module starts routing them on a thread of its own (``worker.stream.offload``),
+   if there are at least ``OFFLOAD_FROM``.
 3. ``_finish`` of the batch begun one turn before: its compiled results, then
    ``Router.finish`` (exactly one output per input: routed, escalated or dead-letter), in
    slices that let the event loop carry acknowledgements; then the guarantee publishes the
    outputs and commits the input offsets after them (``worker.stream.guarantee``). Nothing is
    ever committed ahead of its outputs, and a crash before the commit redelivers the batch.
 
-So batch N+1 is routed while batch N is published, and batches are published in the order they
-were fetched. A batch begun before a rebalance is dropped when it comes to be finished: its
-partitions are fetched again from their committed offsets, by whichever worker owns them.
+So under load batch N+1 is routed while batch N is published, and batches are published in the
+order they were fetched. A batch begun before a rebalance is dropped when it comes to be
+finished: its partitions are fetched again from their committed offsets, by whichever worker
+owns them.
 
 The guarantee is chosen once, from ``processing.guarantee`` (``GUARANTEES``). The rebalance
 listener delegates to it under the loop's batch lock, so a rebalance waits for the batch in
@@ -28,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, NamedTuple
 
@@ -54,6 +56,10 @@ GUARANTEES: dict[str, type[Guarantee]] = {
 }
 FETCH_TIMEOUT_MS = 200  # how long one getmany may wait: also how fast a stop is noticed
 ROUTE_SLICE = 250  # records routed between two turns of the event loop
+# Batches from this size are routed on the compiled module's thread, overlapped with the loop's
+# work; smaller ones, on the loop when their turn comes: at low rates a thread's wake-up on two
+# busy cores costs more latency than the overlap gains.
+OFFLOAD_FROM = 1_000
 # How often the lag gauge is refreshed: far more often than any scrape, and at most two looks
 # at every assigned partition a second, whatever the batch rate.
 LAG_REFRESH_S = 0.5
@@ -65,7 +71,7 @@ class _Ahead(NamedTuple):
     batches: Batches
     records: list[ConsumedRecord]
     router: Router
-    compiled: asyncio.Future[Routed]
+    compiled: asyncio.Future[Routed] | None  # None: routed on the loop when finished
     started: float
     rebalances: int  # ``Worker._rebalances`` when it began
     mark: dict[TopicPartition, int]  # ``Guarantee.mark`` when it began
@@ -212,16 +218,16 @@ class Worker:
                     max_records=processing.batch_records,
                 )
                 following = await self._begin(batches) if batches else None
-                step: Coroutine[Any, Any, object] | None
-                if ahead is not None:
-                    step = self._finish(ahead)
-                elif following is None:
-                    step = guarantee.settled()  # nothing to overlap with: settle what is in flight
-                else:
-                    step = None
+                due = [] if ahead is None else [ahead]
+                if following is not None and following.compiled is None:
+                    due.append(following)  # small: routed and published now, as it comes
+                    following = None
                 ahead = following
-                if step is not None:
-                    await _finish_within(asyncio.create_task(step), stop, drain)
+                if due:
+                    await _finish_within(asyncio.create_task(self._finish(*due)), stop, drain)
+                elif ahead is None:
+                    # Nothing to overlap with: settle what is in flight.
+                    await _finish_within(asyncio.create_task(guarantee.settled()), stop, drain)
             if ahead is not None:
                 await _finish_within(asyncio.create_task(self._finish(ahead)), stop, drain)
             for settling in guarantee.in_flight():
@@ -241,35 +247,44 @@ class Worker:
             self.guarantee.hold(batches)
             records = [r for rs in batches.values() for r in rs]
             router = self.router
-            assert self._offload is not None  # noqa: S101 - set while the loop runs
-            compiled = self._offload.route(router, records)
+            compiled = None
+            if len(records) >= OFFLOAD_FROM:
+                assert self._offload is not None  # noqa: S101 - set while the loop runs
+                compiled = self._offload.route(router, records)
             mark = self.guarantee.mark(batches)
             return _Ahead(batches, records, router, compiled, started, self._rebalances, mark)
 
-    async def _finish(self, ahead: _Ahead) -> None:
-        """Finish routing a batch begun by ``_begin`` and hand it to the guarantee. What is no
-        longer to be processed now is left out (``Guarantee.refresh``); the whole batch, if a
-        rebalance came in between: its partitions are fetched again from their committed
-        offsets."""
+    async def _finish(self, *begun: _Ahead) -> None:
+        """Finish routing batches begun by ``_begin``, in order, and hand each to the guarantee.
+        What is no longer to be processed now is left out (``Guarantee.refresh``); a whole
+        batch, if a rebalance came in between: its partitions are fetched again from their
+        committed offsets."""
+        for ahead in begun:
+            await self._finish_one(ahead)
+
+    async def _finish_one(self, ahead: _Ahead) -> None:
         async with self.batch_lock:
             held = ahead.batches
             try:
-                compiled = await ahead.compiled
+                compiled = None if ahead.compiled is None else await ahead.compiled
                 if ahead.rebalances != self._rebalances:
                     self.guarantee.release(held)
                     return
-                batches = self.guarantee.refresh(held, ahead.mark)
-                records = [r for rs in batches.values() for r in rs]
-                if len(records) != len(ahead.records):
+                records = ahead.records
+                kept = self.guarantee.refresh(held, ahead.mark)
+                if sum(map(len, kept.values())) != len(records):
+                    # The guarantee holds batches by identity: hold what is left instead.
                     self.guarantee.release(held)
-                    held = batches
+                    held = kept
                     self.guarantee.hold(held)
+                    left = [r for rs in kept.values() for r in rs]
                     if compiled is not None:
-                        by_record = dict(zip(map(id, ahead.records), compiled, strict=True))
-                        compiled = [by_record[id(r)] for r in records]
+                        by_record = dict(zip(map(id, records), compiled, strict=True))
+                        compiled = [by_record[id(r)] for r in left]
+                    records = left
                 if records:
                     outputs = await self._route(ahead.router, records, compiled)
-                    await self.guarantee.publish(batches, outputs, ahead.started)
+                    await self.guarantee.publish(held, outputs, ahead.started)
                 else:
                     self.guarantee.release(held)
             except BaseException:
@@ -282,16 +297,17 @@ class Worker:
         records: list[ConsumedRecord],
         compiled: Routed,
     ) -> list[Outbound]:
-        """``Router.finish`` in slices, letting the event loop run between them: the previous
-        batch's acknowledgements and commit need the loop to make progress. (An output depends
-        only on its record, not on the records routed beside it.)"""
+        """``Router.finish`` in slices, with the compiled results given, or else routed here,
+        letting the event loop run between slices: the previous batch's acknowledgements and
+        commit need the loop to make progress. (An output depends only on its record, not on
+        the records routed beside it.)"""
         outputs: list[Outbound] = []
         for start in range(0, len(records), ROUTE_SLICE):
             if start:
                 await asyncio.sleep(0)
             end = start + ROUTE_SLICE
             chunk = records[start:end]
-            done = None if compiled is None else compiled[start:end]
+            done = router.compiled(chunk) if compiled is None else compiled[start:end]
             outputs += self.fitter.fit(chunk, router.finish(chunk, done))
         return outputs
 
