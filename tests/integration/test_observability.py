@@ -158,19 +158,19 @@ async def test_readyz_waits_for_partitions_and_healthz_answers_during_a_batch(
         assert sample(registry, "logit_router_assigned_partitions") == len(worker.assignment)
 
         # Probe /healthz over and over while the backlog is worked off. An answer counts as
-        # "during a batch" when the batch lock was held, and the count of finished batches was
+        # "during a batch" when a batch was in hand, and the count of finished batches was
         # the same, both before the request and after its answer: one batch spanned it.
         # Meanwhile, the lag over all assigned partitions is what is left of the backlog.
         during, statuses = 0, Counter[int]()
         left: list[tuple[float, int, float]] = []  # (when, backlog, lag) while it is worked off
         started = time.monotonic()
         while worker.processed < total:
-            busy = worker.batch_lock.locked()
+            busy = worker.busy
             done = sample(registry, "logit_router_batch_duration_seconds_count")
             status, _, _ = await asyncio.to_thread(http_get, base + "/healthz")
             statuses[status] += 1
             same = sample(registry, "logit_router_batch_duration_seconds_count") == done
-            during += busy and worker.batch_lock.locked() and same
+            during += busy and worker.busy and same
             if 0 < worker.processed < total:
                 left.append((time.monotonic(), total - worker.processed, lag_total(registry)))
             await until_deadline(started, "the backlog")

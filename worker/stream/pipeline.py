@@ -7,11 +7,12 @@ Order of work, two batches at a time:
 2. ``_begin``: the guarantee keeps those still to be processed (``Guarantee.fresh``), and the
    compiled module starts routing them on a thread of its own (``worker.stream.offload``),
    if there are at least ``OFFLOAD_FROM``.
-3. ``_finish`` of the batch begun one turn before: its compiled results, then
-   ``Router.finish`` (exactly one output per input: routed, escalated or dead-letter), in
-   slices that let the event loop carry acknowledgements; then the guarantee publishes the
-   outputs and commits the input offsets after them (``worker.stream.guarantee``). Nothing is
-   ever committed ahead of its outputs, and a crash before the commit redelivers the batch.
+3. ``_finish`` of the batch begun the turn before, and of this one if it is small: the
+   compiled results, then ``Router.finish`` (exactly one output per input: routed, escalated
+   or dead-letter), in slices that let the event loop carry acknowledgements; then the
+   guarantee publishes the outputs and commits the input offsets after them
+   (``worker.stream.guarantee``). Nothing is ever committed ahead of its outputs, and a crash
+   before the commit redelivers the batch.
 
 So under load batch N+1 is routed while batch N is published, and batches are published in the
 order they were fetched. A batch begun before a rebalance is dropped when it comes to be
@@ -66,7 +67,7 @@ LAG_REFRESH_S = 0.5
 
 
 class _Ahead(NamedTuple):
-    """A fetched batch whose compiled routing has begun."""
+    """A fetched batch, held, its compiled routing begun on the thread if it is large."""
 
     batches: Batches
     records: list[ConsumedRecord]
@@ -95,12 +96,18 @@ class Worker:
         self._stop: asyncio.Event | None = None
         self._offload: Offload | None = None  # while running
         self._rebalances = 0  # so far: a batch begun before one is dropped
+        self._in_hand = 0  # batches begun and not yet handed to the guarantee
         self.assignment: frozenset[TopicPartition] = frozenset()
 
     @property
     def ready(self) -> bool:
         """Connected, in the group, and owning at least one partition."""
         return self.started and bool(self.assignment)
+
+    @property
+    def busy(self) -> bool:
+        """A fetched batch is in hand: being routed, or being handed to the guarantee."""
+        return self._in_hand > 0
 
     @property
     def stopping(self) -> bool:
@@ -252,6 +259,7 @@ class Worker:
                 assert self._offload is not None  # noqa: S101 - set while the loop runs
                 compiled = self._offload.route(router, records)
             mark = self.guarantee.mark(batches)
+            self._in_hand += 1
             return _Ahead(batches, records, router, compiled, started, self._rebalances, mark)
 
     async def _finish(self, *begun: _Ahead) -> None:
@@ -260,7 +268,10 @@ class Worker:
         batch, if a rebalance came in between: its partitions are fetched again from their
         committed offsets."""
         for ahead in begun:
-            await self._finish_one(ahead)
+            try:
+                await self._finish_one(ahead)
+            finally:
+                self._in_hand -= 1
 
     async def _finish_one(self, ahead: _Ahead) -> None:
         async with self.batch_lock:
