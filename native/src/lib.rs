@@ -3,14 +3,11 @@
 //! (`worker/core/records.py`, `worker/core/routing.py`). `worker/core/native.py` is the only caller.
 
 mod batch;
+mod job;
 mod json;
 mod score;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -91,7 +88,7 @@ impl Thresholds {
 /// One input topic's policy, what an event must be to be read here, and its outputs' layout:
 /// all given by Python, the output encoded once by orjson.
 #[pyclass(frozen)]
-struct Topic {
+pub struct Topic {
     live: Thresholds,
     /// `routing.audit_threshold` of the topic's rate: 0 samples nothing.
     audit_threshold: f64,
@@ -173,7 +170,7 @@ impl Topic {
 }
 
 /// One routed record: the output value and what the metrics read.
-struct Routed {
+pub struct Routed {
     value: Vec<u8>,
     reason: Option<&'static str>,
     top1: f64,
@@ -184,7 +181,7 @@ struct Routed {
 }
 
 /// (output value, routed?, reason or None, top1, margin, entropy, shadow routed? or None)
-type RoutedTuple<'py> = (
+pub type RoutedTuple<'py> = (
     Bound<'py, PyBytes>,
     bool,
     Option<&'static str>,
@@ -195,7 +192,7 @@ type RoutedTuple<'py> = (
 );
 
 impl Routed {
-    fn into_tuple(self, py: Python<'_>) -> RoutedTuple<'_> {
+    pub fn into_tuple(self, py: Python<'_>) -> RoutedTuple<'_> {
         let routed = self.reason.is_none();
         (
             PyBytes::new(py, &self.value),
@@ -250,168 +247,7 @@ fn route_many<'py>(
         .collect())
 }
 
-/// A slice of records routed on a thread of its own, so that the event loop can go on while
-/// it runs. The records are copied in when it begins (the thread holds no Python object and
-/// never takes the GIL); when they are routed, `done()` turns true and one byte is written to
-/// `notify_fd`, for the loop to wake on. `results()` gives what `route_many` would have.
-#[pyclass(frozen)]
-struct RouteJob {
-    done: Arc<AtomicBool>,
-    thread: Mutex<Option<JoinHandle<JobOutput>>>,
-}
-
-/// Records from which a `RouteJob` is split over two threads.
-const PARALLEL_FROM: usize = 1_000;
-
-/// What a `RouteJob`'s thread gives: the outputs, and the topics back to be released under
-/// the GIL.
-type JobOutput = (Vec<Option<Routed>>, Vec<Py<Topic>>);
-
-/// What a `RouteJob`'s thread reads: every record's bytes in one buffer.
-struct JobInput {
-    topics: Vec<Py<Topic>>,
-    topic_of: Vec<usize>,
-    bytes: Vec<u8>,
-    /// Per record its `bytes` range, or `None` for a record without a value.
-    spans: Vec<Option<(usize, usize)>>,
-    partitions: Vec<i64>,
-    offsets: Vec<i64>,
-    timestamps: Vec<Option<i64>>,
-}
-
-impl JobInput {
-    fn route(&self) -> Vec<Option<Routed>> {
-        let n = self.spans.len();
-        if n < PARALLEL_FROM {
-            return self.route_range(0, n);
-        }
-        // Two halves at once: routing is the batch's largest cost and a second core is
-        // usually idle while the broker waits on us.
-        let half = n / 2;
-        std::thread::scope(|s| {
-            let second = s.spawn(|| self.route_range(half, n));
-            let mut first = self.route_range(0, half);
-            first.extend(second.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-            first
-        })
-    }
-
-    fn route_range(&self, from: usize, to: usize) -> Vec<Option<Routed>> {
-        let topics: Vec<&Topic> = self.topics.iter().map(|t| t.get()).collect();
-        (from..to)
-            .map(|i| {
-                let (from, to) = self.spans[i]?;
-                route_one(
-                    topics[self.topic_of[i]],
-                    &self.bytes[from..to],
-                    self.partitions[i],
-                    self.offsets[i],
-                    self.timestamps[i],
-                )
-            })
-            .collect()
-    }
-}
-
-#[pymethods]
-impl RouteJob {
-    #[new]
-    fn new(
-        topics: Vec<Bound<'_, Topic>>,
-        raws: Vec<Option<Bound<'_, PyBytes>>>,
-        partitions: Vec<i64>,
-        offsets: Vec<i64>,
-        timestamps: Vec<Option<i64>>,
-        notify_fd: i32,
-    ) -> PyResult<Self> {
-        let n = topics.len();
-        if raws.len() != n || partitions.len() != n || offsets.len() != n || timestamps.len() != n
-        {
-            return Err(PyValueError::new_err("RouteJob: lists of unequal length"));
-        }
-        let mut distinct: Vec<Py<Topic>> = Vec::new();
-        let topic_of = topics
-            .iter()
-            .map(|t| match distinct.iter().position(|d| d.as_ptr() == t.as_ptr()) {
-                Some(k) => k,
-                None => {
-                    distinct.push(t.clone().unbind());
-                    distinct.len() - 1
-                }
-            })
-            .collect();
-        let total = raws.iter().flatten().map(|b| b.as_bytes().len()).sum();
-        let mut bytes = Vec::with_capacity(total);
-        let spans = raws
-            .iter()
-            .map(|r| {
-                r.as_ref().map(|b| {
-                    let from = bytes.len();
-                    bytes.extend_from_slice(b.as_bytes());
-                    (from, bytes.len())
-                })
-            })
-            .collect();
-        let input = JobInput {
-            topics: distinct,
-            topic_of,
-            bytes,
-            spans,
-            partitions,
-            offsets,
-            timestamps,
-        };
-        let done = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&done);
-        let thread = std::thread::Builder::new()
-            .name("logit-router-routing".into())
-            .spawn(move || {
-                let routed = input.route();
-                flag.store(true, Ordering::Release);
-                notify(notify_fd);
-                (routed, input.topics)
-            })
-            .map_err(|e| PyRuntimeError::new_err(format!("RouteJob: no thread: {e}")))?;
-        Ok(RouteJob {
-            done,
-            thread: Mutex::new(Some(thread)),
-        })
-    }
-
-    /// Whether the records are routed: `results()` will not wait.
-    fn done(&self) -> bool {
-        self.done.load(Ordering::Acquire)
-    }
-
-    /// Per record its output, or `None` when the Python path must do it; waits (without the
-    /// GIL) for the thread if it is still routing. Once only.
-    fn results<'py>(&self, py: Python<'py>) -> PyResult<Vec<Option<RoutedTuple<'py>>>> {
-        let thread = self
-            .thread
-            .lock()
-            .map_err(|_| PyRuntimeError::new_err("RouteJob: poisoned"))?
-            .take()
-            .ok_or_else(|| PyRuntimeError::new_err("RouteJob: results taken already"))?;
-        let (done, _topics) = py
-            .detach(|| thread.join())
-            .map_err(|_| PyRuntimeError::new_err("RouteJob: the routing thread panicked"))?;
-        Ok(done
-            .into_iter()
-            .map(|r| r.map(|r| r.into_tuple(py)))
-            .collect())
-    }
-}
-
-/// One byte to `fd`, which the caller keeps open while jobs run; a full pipe already wakes it.
-fn notify(fd: i32) {
-    use std::io::Write;
-    use std::os::fd::FromRawFd;
-    // Borrowed, not owned: ManuallyDrop keeps it from being closed here.
-    let mut file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
-    let _ = file.write(&[1]);
-}
-
-fn route_one(
+pub fn route_one(
     topic: &Topic,
     raw: &[u8],
     partition: i64,
@@ -571,7 +407,7 @@ fn format_float(py: Python<'_>, v: f64) -> Bound<'_, PyBytes> {
 fn logit_router_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Topic>()?;
     m.add_class::<batch::RecordBatch>()?;
-    m.add_class::<RouteJob>()?;
+    m.add_class::<job::RouteJob>()?;
     m.add_function(wrap_pyfunction!(route_many, m)?)?;
     m.add_function(wrap_pyfunction!(partition_index, m)?)?;
     m.add_function(wrap_pyfunction!(batch::batches_crc_ok, m)?)?;
