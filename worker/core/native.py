@@ -55,8 +55,8 @@ partition_index: Callable[[bytes, int], int] | None = (
 batches_crc_ok: Callable[[bytes], bool] | None = _ext.batches_crc_ok if _ext is not None else None
 # A Kafka record batch filled from outputs in one call (``worker.stream.publish``).
 RecordBatch: type[_RecordBatch] | None = _ext.RecordBatch if _ext is not None else None
-# ``route_many`` on a thread of its own, for the event loop to go on meanwhile
-# (``worker.stream.offload``).
+# ``route_many`` on the compiled module's two routing threads, for the event loop to go on
+# meanwhile (``worker.stream.offload``).
 RouteJob: type[_RouteJob] | None = _ext.RouteJob if _ext is not None else None
 
 

@@ -120,8 +120,8 @@ class Router:
         )
 
     def begin(self, records: Sequence[ConsumedRecord], notify_fd: int) -> RouteJob | None:
-        """``compiled`` on a thread of the compiled module's own: the job it runs, which writes
-        a byte to ``notify_fd`` when done; ``None`` when the compiled module is not in use."""
+        """``compiled`` on the compiled module's routing threads: the job, which writes a byte
+        to ``notify_fd`` when done; ``None`` when the compiled module is not in use."""
         topics = self.native_topics
         if topics is None or native.RouteJob is None:
             return None

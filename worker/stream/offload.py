@@ -1,11 +1,12 @@
 """Compiled routing off the event loop, so that routing a batch overlaps with publishing the one
 before it.
 
-The compiled module routes a batch on a thread of its own that holds no Python object and never
-takes the GIL (``logit_router_native.RouteJob``): the event loop copies the batch's records in,
-goes on with its own work (publishing, acknowledgements, commits, fetches), and takes the
-outputs when the thread is done. The thread wakes the loop with one byte on a pipe the loop
-watches, the way asyncio wakes itself, so no Python thread and no lock are involved.
+The compiled module routes a batch on its two routing threads, which hold no Python object but
+the (frozen) topics and never take the GIL (``logit_router_native.RouteJob``): the event loop
+copies the batch's records in, goes on with its own work (publishing, acknowledgements,
+commits, fetches), and takes the outputs when the job is done. The job wakes the loop with one
+byte on a pipe the loop watches, the way asyncio wakes itself, so no Python thread and no lock
+are involved.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class Offload:
         self._jobs: list[tuple[RouteJob, asyncio.Future[Routed]]] = []
 
     def route(self, router: Router, records: Sequence[ConsumedRecord]) -> asyncio.Future[Routed]:
-        """``router.compiled(records)``, routed on the compiled module's thread."""
+        """``router.compiled(records)``, routed on the compiled module's threads."""
         future: asyncio.Future[Routed] = self._loop.create_future()
         job = router.begin(records, self._write)
         if job is None:
