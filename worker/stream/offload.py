@@ -58,7 +58,7 @@ class Offload:
                 waiting.append((job, future))
                 continue
             try:
-                routed = job.results()  # joins its thread, so it has written its byte
+                routed = job.results()  # its byte is written before this returns
             except Exception as exc:  # noqa: BLE001 - the batch's to raise
                 if not future.cancelled():
                     future.set_exception(exc)
@@ -68,13 +68,13 @@ class Offload:
         self._jobs = waiting
 
     def close(self) -> None:
-        """Stop watching, once every job still running has finished (its outputs dropped): its
-        thread writes to the pipe, which must not be another file by then."""
+        """Stop watching, once every job still running has finished (its outputs dropped): a job
+        writes to the pipe, which must not be another file by then."""
         self._loop.remove_reader(self._read)
         for job, future in self._jobs:
             future.cancel()
             try:
-                job.results()  # waits for the thread, a batch's routing at most
+                job.results()  # waits for the job: a batch's routing at most
             except Exception:  # noqa: BLE001, S110 - dropped anyway
                 pass
         self._jobs = []
