@@ -111,13 +111,7 @@ class Router:
         topics, route_many = self.native_topics, native.route_many
         if topics is None or route_many is None:
             return None
-        return route_many(
-            [topics[r.topic] for r in records],
-            [r.value for r in records],
-            [r.partition for r in records],
-            [r.offset for r in records],
-            [r.timestamp for r in records],
-        )
+        return route_many(*_columns(topics, records))
 
     def begin(self, records: Sequence[ConsumedRecord], notify_fd: int) -> RouteJob | None:
         """``compiled`` on the compiled module's routing threads: the job, which writes a byte
@@ -125,14 +119,7 @@ class Router:
         topics = self.native_topics
         if topics is None or native.RouteJob is None:
             return None
-        return native.RouteJob(
-            [topics[r.topic] for r in records],
-            [r.value for r in records],
-            [r.partition for r in records],
-            [r.offset for r in records],
-            [r.timestamp for r in records],
-            notify_fd,
-        )
+        return native.RouteJob(*_columns(topics, records), notify_fd)
 
     def finish(
         self, records: Sequence[ConsumedRecord], compiled: Sequence[Compiled | None] | None
@@ -294,6 +281,20 @@ def _dlq_headers(rec: ConsumedRecord, reason: str, error: Exception) -> Headers:
         (DLQ_PREFIX + "source.timestamp", str(rec.timestamp).encode()),
         (DLQ_PREFIX + "worker_version", __version__.encode()),
     ]
+
+
+def _columns(
+    topics: dict[str, Any], records: Sequence[ConsumedRecord]
+) -> tuple[list[Any], list[bytes | None], list[int], list[int], list[int | None]]:
+    """What the compiled calls take: per record its topic's compiled ``Topic``, value,
+    partition, offset and timestamp."""
+    return (
+        [topics[r.topic] for r in records],
+        [r.value for r in records],
+        [r.partition for r in records],
+        [r.offset for r in records],
+        [r.timestamp for r in records],
+    )
 
 
 _DECISIONS: dict[bool, Decision] = {True: "routed", False: "escalated"}
