@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from worker.core.kafka_settings import KafkaSettings
-from worker.stream import fetched
+from worker.stream import fetched, wire
 from worker.stream.security import permanent_failure
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ def make_consumer(kafka: KafkaSettings, *, group_id: str | None, **extra: Any) -
 
 def make_producer(kafka: KafkaSettings, **extra: Any) -> AIOKafkaProducer:
     """An idempotent producer (acks=all): retries never duplicate or reorder a partition."""
+    wire.install()  # record batches written to the socket without copies
     return AIOKafkaProducer(
         **connection_options(kafka),
         enable_idempotence=True,
