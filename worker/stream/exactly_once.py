@@ -12,6 +12,8 @@ import asyncio
 import time
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
+from itertools import groupby
+from operator import attrgetter
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -78,7 +80,8 @@ class ExactlyOnce(Guarantee):
         unsettled = await self.settled()
         for tp in unsettled:
             batches.pop(tp, None)  # in place: it is the batch being held
-        outputs = [o for o in outputs if _source(o) not in unsettled]
+        if unsettled:
+            outputs = [o for o in outputs if _SOURCE(o) not in unsettled]
         return self._transact(batches, outputs)
 
     async def _transact(
@@ -88,8 +91,9 @@ class ExactlyOnce(Guarantee):
         the partitions that did not commit."""
         owned = self.consumer.assignment()
         by_tp: dict[TopicPartition, list[Outbound]] = {}
-        for o in outputs:  # outputs follow the records, so each list keeps input order
-            by_tp.setdefault(_source(o), []).append(o)
+        # Outputs follow the records, a partition's together and in input order: a run each.
+        for source, run in groupby(outputs, _SOURCE):
+            by_tp.setdefault(TopicPartition(*source), []).extend(run)
         tps = [tp for tp in by_tp if tp in owned]
         results = await asyncio.gather(
             *(self.producers.commit_batch(tp, by_tp[tp], batches[tp][-1].offset + 1) for tp in tps)
@@ -152,5 +156,6 @@ class ExactlyOnce(Guarantee):
         await asyncio.sleep(RETRY_PAUSE_S)
 
 
-def _source(o: Outbound) -> TopicPartition:
-    return TopicPartition(o.source_topic, o.source_partition)
+# An output's input partition as a plain tuple, read in C: equal to, and hashing as, the
+# ``TopicPartition``.
+_SOURCE = attrgetter("source_topic", "source_partition")
