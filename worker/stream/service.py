@@ -118,10 +118,11 @@ async def serve(
 
 def tune_gc() -> None:
     """Fewer, later garbage collections: the start-up objects are frozen out of every scan and
-    the young generation may grow, since a batch makes many short-lived objects and no cycles
-    to speak of (what it saves: docs/performance.md)."""
+    the young generation may grow past what two batches in hand keep alive (tens of thousands
+    of tuples), since a batch makes many short-lived objects and no cycles to speak of (what
+    it saves: docs/performance.md)."""
     gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
+    gc.set_threshold(100_000, 20, 20)
 
 
 def run(
