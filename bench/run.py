@@ -1,9 +1,7 @@
 """``python -m bench``: pre-fill a broker, run every contender on the same topics, report.
 
 Contenders run one after another, each in its own process. The worker (b) goes first: half of
-its rate is the load of every contender's latency phase (unless ``--rate`` is given). Before
-it, the raw pipe runs once over the pre-filled events, untimed, so that the first contender
-does not pay for the broker's warm-up that the others are spared.
+its rate is the load of every contender's latency phase (unless ``--rate`` is given).
 """
 
 from __future__ import annotations
@@ -75,10 +73,6 @@ CONTENDERS = {
         ),
     )
 }
-# Not a contender: the untimed pass that warms the broker up before the first one. In full
-# runs before it, the broker spent about twice the CPU per event in the first contender's phase
-# as in the later ones (its JIT compiler at work on the fetch and produce paths).
-BROKER_WARMUP = Contender("broker_warmup", "the broker's warm-up (the raw pipe, untimed)", "raw")
 FULL, QUICK = 1_000_000, 100_000
 RESULTS = Path(__file__).resolve().parent / "results"  # where a full run's report is kept
 # The broker's JIT compiler is still at work on the paths that small, paced requests take for
@@ -264,13 +258,6 @@ async def _measure_all(args: argparse.Namespace, run: Run, env: dict[str, Any]) 
     print(
         f"pre-filled {produced:,} events in {fill_s:.1f}s ({produced / fill_s:,.0f}/s)", flush=True
     )
-    print(f"running {BROKER_WARMUP.label} ...", flush=True)
-    try:
-        warm = await run_contender(run, BROKER_WARMUP, None, latency=False)
-    except (KafkaError, TimeoutError, OSError) as exc:
-        warm = {"reason": f"{type(exc).__name__}: {exc}"}
-    if not warm.get("available"):
-        print(f"  the warm-up failed ({warm.get('reason')}); going on without it", flush=True)
     rate: float | None = args.rate
     results: dict[str, dict[str, Any]] = {}
     for name in [n for n in CONTENDERS if n in args.only]:
