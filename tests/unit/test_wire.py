@@ -41,7 +41,9 @@ def test_the_pieces_are_aiokafkas_encoding(topics: Any, transactional_id: str | 
         pieces = wire.pieces(request_struct)
         assert b"".join(pieces) == request_struct.encode()
         # Each large record batch is a piece of its own, the very object handed over.
-        large = [r for _, ps in topics for _, r in ps if r is not None and len(r) >= 4096]
+        large = [
+            r for _, ps in topics for _, r in ps if r is not None and len(r) >= wire.OWN_BUFFER_FROM
+        ]
         assert [p for p in pieces if any(p is r for r in large)] == large
 
 

@@ -2,11 +2,11 @@
 
 aiokafka encodes a request into one ``bytes`` by nested joins (each array, each struct, the
 header, the size prefix), so every record batch of a produce request was copied six times
-before it reached the socket: a sixth of the event loop's time at full speed, most of it
-``memcpy`` of megabytes (docs/performance.md). Here a produce request is encoded as a list of
-pieces: the small fields joined, each large record batch kept as the object it is, and the
-whole written with the transport's ``writelines`` (one ``writev`` under uvloop). The bytes on
-the wire are the ones aiokafka writes; every other request is left to aiokafka.
+before it reached the socket (what that cost the event loop: docs/performance.md). Here a
+produce request is encoded as a list of pieces: the small fields joined, each large record
+batch kept as the object it is, and the whole written with the transport's ``writelines``
+(one ``writev`` under uvloop). The bytes on the wire are the ones aiokafka writes; every
+other request is left to aiokafka.
 
 aiokafka has no hook for it: ``install`` replaces the connection class its ``create_conn``
 builds with a subclass whose ``send`` differs for produce requests only.
