@@ -17,14 +17,13 @@ fetched partitions from, with subclasses that change nothing else.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, NamedTuple
 
-import aiokafka
 import aiokafka.consumer.fetcher as _fetcher
 from aiokafka.record.memory_records import MemoryRecords
 
 from worker.core import native
+from worker.stream.internals import has_parameters, tested_release
 
 
 class FetchedRecord(NamedTuple):
@@ -98,9 +97,7 @@ def _fetched_record(tp: Any, record: Any) -> FetchedRecord:
     )
 
 
-# The aiokafka these subclasses were written against and tested with: its fetcher's names
-# are internal, so any other release keeps aiokafka's own unpacking.
-TESTED_AIOKAFKA = "0.14."
+# Its fetcher's names are internal: any other release keeps aiokafka's own unpacking.
 _PARAMETERS = [
     "self", "tp", "records", "aborted_transactions", "fetch_offset", "key_deserializer",
     "value_deserializer", "check_crcs", "isolation_level",
@@ -110,12 +107,8 @@ _PARAMETERS = [
 def _fits(module: Any) -> bool:
     """Whether ``module`` (aiokafka's fetcher) has the internals the subclasses rely on."""
     parts: Any = getattr(module, "PartitionRecords", None)
-    try:
-        parameters = list(inspect.signature(parts.__init__).parameters)
-    except (TypeError, ValueError, AttributeError):
-        return False
     return (
-        parameters == _PARAMETERS
+        has_parameters(getattr(parts, "__init__", None), _PARAMETERS)
         and callable(getattr(parts, "_consumer_record", None))
         and getattr(module, "MemoryRecords", None) is MemoryRecords
     )
@@ -128,7 +121,7 @@ def install() -> bool:
         return False
     if _fetcher.PartitionRecords is _PartitionRecords:  # installed by an earlier consumer
         return True
-    if not aiokafka.__version__.startswith(TESTED_AIOKAFKA) or not _fits(_fetcher):
+    if not tested_release() or not _fits(_fetcher):
         return False
     _fetcher.MemoryRecords = _CheckedRecords
     _fetcher.PartitionRecords = _PartitionRecords

@@ -14,16 +14,16 @@ builds with a subclass whose ``send`` differs for produce requests only.
 
 from __future__ import annotations
 
-import inspect
 import struct
 from typing import Any
 
-import aiokafka
 import aiokafka.conn as _conn
 import aiokafka.errors as errors
 from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.protocol.types import Array, Bytes, Int32, Schema
 from aiokafka.util import wait_for
+
+from worker.stream.internals import has_parameters, tested_release
 
 # A record batch at least this large is written from its own buffer; smaller pieces are
 # joined, since a copy of a few hundred bytes costs less than one more buffer to write.
@@ -89,20 +89,12 @@ class Connection(_conn.AIOKafkaConnection):  # type: ignore[misc]  # aiokafka is
         return wait_for(fut, self._request_timeout)
 
 
-# The aiokafka this was written against and tested with: ``send`` mirrors its connection's,
-# whose names are internal, so any other release keeps aiokafka's own.
-TESTED_AIOKAFKA = "0.14."
-
-
+# ``send`` mirrors aiokafka's, whose names are internal: any other release keeps its own.
 def _fits(module: Any) -> bool:
     """Whether ``module`` (aiokafka's ``conn``) has the internals ``Connection.send`` uses."""
     cls: Any = getattr(module, "AIOKafkaConnection", None)
-    try:
-        parameters = list(inspect.signature(cls.send).parameters)
-    except (TypeError, ValueError, AttributeError):
-        return False
     return (
-        parameters == ["self", "request", "expect_response"]
+        has_parameters(getattr(cls, "send", None), ["self", "request", "expect_response"])
         and callable(getattr(cls, "_next_correlation_id", None))
         and callable(getattr(module, "create_conn", None))
         and hasattr(getattr(module, "CloseReason", None), "CONNECTION_BROKEN")
@@ -114,7 +106,7 @@ def install() -> bool:
     tested with; True when it is."""
     if _conn.AIOKafkaConnection is Connection:
         return True
-    if not aiokafka.__version__.startswith(TESTED_AIOKAFKA) or not _fits(_conn):
+    if not tested_release() or not _fits(_conn):
         return False
     _conn.AIOKafkaConnection = Connection
     return True
