@@ -7,6 +7,12 @@ mod job;
 mod json;
 mod score;
 
+// Outputs are built on the routing threads and freed on the event loop's. glibc's malloc locks
+// the building thread's arena for each such free, and the two threads waited on each other;
+// mimalloc frees across threads without a lock.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
