@@ -111,7 +111,11 @@ def _tail(path: Path, lines: int = 5) -> str:
     return " | ".join(text[-lines:])
 
 
-async def run_contender(run: Run, c: Contender, rate: float | None) -> dict[str, Any]:
+async def run_contender(
+    run: Run, c: Contender, rate: float | None, *, latency: bool = True
+) -> dict[str, Any]:
+    """Run ``c`` over the pre-filled inputs and measure it; then, unless ``latency`` is false,
+    its latency phase at ``rate`` (half its own rate when ``None``)."""
     result: dict[str, Any] = {"name": c.name, "label": c.label, "available": False}
     prefix = f"{run.run_id}-{c.name}"
     outputs = {k: f"{prefix}-{k}" for k in ("routed", "escalated", "dead_letter")}
@@ -163,7 +167,10 @@ async def run_contender(run: Run, c: Contender, rate: float | None) -> dict[str,
         # The first contender (the worker) sets the load: half of its own rate.
         load = rate if rate is not None else result["events_per_s"] / 2
         try:
-            result["latency"] = await _latency(run, c.name, procs, outputs, latency_inputs, load)
+            if latency:
+                result["latency"] = await _latency(
+                    run, c.name, procs, outputs, latency_inputs, load
+                )
         except Unavailable as exc:
             result["latency"] = {"error": str(exc)}
     except Unavailable as exc:

@@ -26,6 +26,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: fields 14, 15
 
 
+def jit_seconds(pid: int) -> float:
+    """CPU time so far of the JVM ``pid``'s JIT compiler threads (``C1/C2 CompilerThreadN``)."""
+    total = 0
+    for task in os.scandir(f"/proc/{pid}/task"):
+        try:
+            with open(f"{task.path}/comm") as fh:
+                if not fh.read().startswith(("C1 CompilerThre", "C2 CompilerThre")):
+                    continue
+            with open(f"{task.path}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended between the listing and the read
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
 def memory_mb(pid: int) -> dict[str, float]:
     """Resident set size now (VmRSS) and at its peak so far (VmHWM), in MiB."""
     out: dict[str, float] = {}

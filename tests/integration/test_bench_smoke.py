@@ -36,6 +36,7 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path
             sys.executable, "-m", "bench", "--events", str(EVENTS),
             "--rate", str(LATENCY_EVENTS), "--latency-seconds", "1", "--warmup-seconds", "0.5",
             "--quix-commit-interval", "0.5", "--stall-seconds", "60",
+            "--broker-warmup-seconds", "0.1",
             "--latency-samples", str(tmp_path / "samples"), "--save", str(tmp_path / "run.json"),
         ],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
@@ -43,8 +44,18 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert any(line.startswith("contender") for line in lines)  # the table
+    # The broker's warm-up comes before the first contender, and is not one of them. This
+    # broker is not a process the bench can look at, so the budget alone ends it: one pass.
+    runs = [line for line in lines if line.startswith("running ")]
+    assert runs[:2] == [
+        "running the broker's warm-up (the raw pipe, untimed) ...",
+        "running (b) worker, at-least-once ...",
+    ]
     summary = orjson.loads(lines[-1])
     assert summary["events_produced"] == EVENTS
+    warmup = summary["broker_warmup"]
+    assert warmup["passes"] == 1 and "failed" not in warmup
+    assert warmup["jit_cores"] == [] and warmup["quiet"] is False
     assert summary["environment"]["aiokafka_c_extension"] is True
     # ./dev builds the compiled hot path wherever cargo is found, and then says so here.
     expect_native = os.environ.get("LOGIT_ROUTER_EXPECT_NATIVE") == "1"
