@@ -77,9 +77,8 @@ CONTENDERS = {
         ),
     )
 }
-# Not a contender: the untimed passes that warm the broker up before the first one. Without
-# them, the broker's JIT compiler threads took 0.12 to 0.14 cores through the first contender's
-# phases and 0.02 after, and its request threads about a third more CPU per event.
+# Not a contender: the untimed passes that warm the broker up before the first one, which
+# otherwise runs on a broker still compiling its request paths (docs/performance.md).
 BROKER_WARMUP = Contender("broker_warmup", "the broker's warm-up (the raw pipe, untimed)", "raw")
 JIT_QUIET_CORES = 0.03  # a pass with less JIT compiling than this ends the warm-up
 BROKER_WARMUP_S = 150.0
@@ -186,7 +185,8 @@ def build_parser() -> _Parser:
         default=BROKER_WARMUP_S,
         help="untimed passes of the raw pipe before the first contender, until the local "
         "broker's JIT compiler is quiet in one or this many seconds have gone (always this "
-        f"long for a broker of --bootstrap); 0 runs none (default {BROKER_WARMUP_S:g})",
+        "long when the broker is not a local process: KAFKA_BOOTSTRAP_SERVERS or Docker); "
+        f"0 runs none (default {BROKER_WARMUP_S:g})",
     )
     p.add_argument(
         "--set",
