@@ -19,11 +19,16 @@ from worker.stream import admin
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def _ticks(stat: str) -> int:
+    """User plus system time in a ``/proc/…/stat`` file, in clock ticks."""
+    with open(stat) as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime: fields 14, 15
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system time of every thread of ``pid`` so far (``/proc/PID/stat``)."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: fields 14, 15
+    return _ticks(f"/proc/{pid}/stat") / CLK_TCK
 
 
 def jit_seconds(pid: int) -> float:
@@ -32,13 +37,10 @@ def jit_seconds(pid: int) -> float:
     for task in os.scandir(f"/proc/{pid}/task"):
         try:
             with open(f"{task.path}/comm") as fh:
-                if not fh.read().startswith(("C1 CompilerThre", "C2 CompilerThre")):
-                    continue
-            with open(f"{task.path}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
+                if fh.read().startswith(("C1 CompilerThre", "C2 CompilerThre")):
+                    total += _ticks(f"{task.path}/stat")
         except OSError:  # the thread ended between the listing and the read
             continue
-        total += int(fields[11]) + int(fields[12])
     return total / CLK_TCK
 
 
