@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.stream import wire
+from worker.stream.frames import FrameProtocol
 
 STOCK: type[Any] = wire.Connection.__bases__[0]  # aiokafka's, whether installed or not
 VERSIONS = [cls for cls in ProduceRequest._CLASSES if cls.API_VERSION >= 3]
@@ -99,8 +100,10 @@ async def test_other_requests_are_aiokafkas_own() -> None:
 
 def test_install_makes_aiokafka_connect_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(conn, "AIOKafkaConnection", STOCK)
+    monkeypatch.setattr(conn, "AIOKafkaProtocol", wire.AIOKAFKA_PROTOCOL)
     assert wire.install()
     assert conn.AIOKafkaConnection is wire.Connection  # what create_conn builds
+    assert conn.AIOKafkaProtocol is FrameProtocol  # what its connect builds
     assert wire.install()  # again: already in place
 
 
@@ -108,9 +111,11 @@ def test_another_aiokafka_release_keeps_its_own_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(conn, "AIOKafkaConnection", STOCK)
+    monkeypatch.setattr(conn, "AIOKafkaProtocol", wire.AIOKAFKA_PROTOCOL)
     monkeypatch.setattr(aiokafka, "__version__", "0.15.0")
     assert not wire.install()
     assert conn.AIOKafkaConnection is STOCK
+    assert conn.AIOKafkaProtocol is wire.AIOKAFKA_PROTOCOL
     monkeypatch.setattr(aiokafka, "__version__", "0.14.0")
     monkeypatch.setattr(STOCK, "_next_correlation_id", None)  # an internal renamed or gone
     assert not wire.install()

@@ -93,6 +93,7 @@ def _no_key_password() -> str:
 def make_consumer(kafka: KafkaSettings, *, group_id: str | None, **extra: Any) -> AIOKafkaConsumer:
     """A consumer of raw bytes with manual commits: we decode, and commit after the outputs."""
     fetched.install()  # records unpacked with less Python where the compiled module is
+    wire.install()  # responses received whole, without the stream reader's copies
     return AIOKafkaConsumer(
         **connection_options(kafka),
         group_id=group_id,
@@ -111,7 +112,7 @@ def make_consumer(kafka: KafkaSettings, *, group_id: str | None, **extra: Any) -
 
 def make_producer(kafka: KafkaSettings, **extra: Any) -> AIOKafkaProducer:
     """An idempotent producer (acks=all): retries never duplicate or reorder a partition."""
-    wire.install()  # record batches written to the socket without copies
+    wire.install()  # record batches written to the socket without copies, responses whole
     return AIOKafkaProducer(
         **connection_options(kafka),
         enable_idempotence=True,

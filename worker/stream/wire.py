@@ -1,4 +1,6 @@
-"""How produce requests go onto the socket: the record batches as they are, not copied.
+"""How requests go onto the socket and responses come off it, with fewer copies.
+
+Produce requests are written with their record batches as they are, not copied.
 
 aiokafka encodes a request into one ``bytes`` by nested joins (each array, each struct, the
 header, the size prefix), so every record batch of a produce request was copied six times
@@ -8,8 +10,12 @@ batch kept as the object it is, and the whole written with the transport's ``wri
 (one ``writev`` under uvloop). The bytes on the wire are the ones aiokafka writes; every
 other request is left to aiokafka.
 
-aiokafka has no hook for it: ``install`` replaces the connection class its ``create_conn``
-builds with a subclass whose ``send`` differs for produce requests only.
+Responses are received by ``worker.stream.frames.FrameProtocol``, each frame straight into a
+buffer of its size, and handed to aiokafka's own decoding (``_handle_frame``) as they come.
+
+aiokafka has no hook for either: ``install`` replaces the connection class its ``create_conn``
+builds with a subclass whose ``send`` differs for produce requests only and whose reader takes
+whole frames, and the protocol its ``connect`` builds with ``FrameProtocol``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.protocol.types import Array, Bytes, Int32, Schema
 from aiokafka.util import wait_for
 
+from worker.stream.frames import FrameProtocol
 from worker.stream.internals import has_parameters, tested_release
 
 # A record batch at least this large is written from its own buffer; smaller pieces are
@@ -30,6 +37,7 @@ from worker.stream.internals import has_parameters, tested_release
 OWN_BUFFER_FROM = 4096
 
 _size = struct.Struct(">i").pack
+AIOKAFKA_PROTOCOL: Any = _conn.AIOKafkaProtocol  # aiokafka's own: this module installs its own
 
 
 def pieces(request_struct: Any) -> list[Any]:
@@ -63,7 +71,28 @@ def _walk(typ: Any, value: Any, out: list[Any], small: list[bytes]) -> None:
 
 
 class Connection(_conn.AIOKafkaConnection):  # type: ignore[misc]  # aiokafka is untyped
-    """aiokafka's connection, writing produce requests without copying their record batches."""
+    """aiokafka's connection, writing produce requests without copying their record batches
+    and reading whole frames from a ``FrameProtocol``."""
+
+    @staticmethod
+    async def _read(self_ref: Any) -> None:
+        # As aiokafka's: only a weak reference is held between frames, so a connection that
+        # is dropped can be collected; what ends the loop ends the task, and the task's done
+        # callback closes the connection.
+        self = self_ref()
+        if self is None:
+            return
+        protocol = self._protocol
+        del self
+        if not isinstance(protocol, FrameProtocol):
+            raise TypeError(f"the connection's protocol is a {type(protocol).__name__}")
+        while True:
+            for frame in await protocol.frames():
+                self = self_ref()
+                if self is None:
+                    return
+                self._handle_frame(frame)
+                del self
 
     def send(self, request: Any, expect_response: bool = True) -> Any:
         if not isinstance(request, ProduceRequest) or self._writer is None:
@@ -89,12 +118,21 @@ class Connection(_conn.AIOKafkaConnection):  # type: ignore[misc]  # aiokafka is
         return wait_for(fut, self._request_timeout)
 
 
-# ``send`` mirrors aiokafka's, whose names are internal: any other release keeps its own.
+# ``send`` and ``_read`` mirror aiokafka's, whose names are internal: any other release keeps
+# its own.
 def _fits(module: Any) -> bool:
-    """Whether ``module`` (aiokafka's ``conn``) has the internals ``Connection.send`` uses."""
+    """Whether ``module`` (aiokafka's ``conn``) has the internals ``Connection`` uses."""
     cls: Any = getattr(module, "AIOKafkaConnection", None)
     return (
         has_parameters(getattr(cls, "send", None), ["self", "request", "expect_response"])
+        and has_parameters(getattr(cls, "_read", None), ["self_ref"])
+        and callable(getattr(cls, "_handle_frame", None))
+        and (
+            getattr(module, "AIOKafkaProtocol", None) is FrameProtocol
+            or has_parameters(
+                getattr(module, "AIOKafkaProtocol", None), ["closed_fut", "args", "loop", "kw"]
+            )
+        )
         and callable(getattr(cls, "_next_correlation_id", None))
         and callable(getattr(module, "create_conn", None))
         and hasattr(getattr(module, "CloseReason", None), "CONNECTION_BROKEN")
@@ -102,11 +140,12 @@ def _fits(module: Any) -> bool:
 
 
 def install() -> bool:
-    """Write produce requests this way from now on, when aiokafka is the release this was
-    tested with; True when it is."""
+    """Write requests and read responses this way from now on, when aiokafka is the release
+    this was tested with; True when it is."""
     if _conn.AIOKafkaConnection is Connection:
         return True
     if not tested_release() or not _fits(_conn):
         return False
     _conn.AIOKafkaConnection = Connection
+    _conn.AIOKafkaProtocol = FrameProtocol
     return True
