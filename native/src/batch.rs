@@ -79,6 +79,16 @@ fn write_field(out: &mut Vec<u8>, field: Option<&[u8]>) {
     }
 }
 
+/// A record measured by `extend`'s first pass, to be written by its second.
+struct Taken<'py> {
+    key: Bound<'py, PyAny>,
+    value: Bound<'py, PyAny>,
+    /// Its headers' range in the pass's list of headers.
+    headers: std::ops::Range<usize>,
+    /// Bytes of the record after its length.
+    body: usize,
+}
+
 #[pymethods]
 impl RecordBatch {
     /// An empty batch that takes records while it stays below `max_bytes` in all (header
@@ -104,63 +114,78 @@ impl RecordBatch {
     /// Append `outputs[start:]` in order while they fit; return the index of the first one
     /// left out (`len(outputs)` when all went in). Each output is a tuple whose items 1, 2
     /// and 3 are its key, value and headers (a sequence of (str, bytes or None) pairs).
+    ///
+    /// Two passes: the records that fit are measured first, so the buffer grows once, to
+    /// its size, rather than being copied as it doubles.
     fn extend(&mut self, outputs: &Bound<'_, PyList>, start: usize) -> PyResult<usize> {
         if self.closed {
             return Err(PyRuntimeError::new_err("RecordBatch: closed"));
         }
         let n = outputs.len();
-        let mut i = start;
-        while i < n {
+        let mut taken: Vec<Taken<'_>> = Vec::with_capacity(n.saturating_sub(start));
+        let mut headers: Vec<(Bound<'_, PyString>, Bound<'_, PyAny>)> = Vec::new();
+        let mut size = self.buf.len();
+        let mut left_out = n;
+        for i in start..n {
+            let records = self.records + taken.len() as i32;
             let item = outputs.get_item(i)?;
             let output = item.cast::<PyTuple>()?;
             let key_item = output.get_item(KEY)?;
             let value_item = output.get_item(VALUE)?;
-            let headers_item = output.get_item(HEADERS)?;
             let key = optional_bytes(&key_item, "key")?;
             let value = optional_bytes(&value_item, "value")?;
-            let mut headers: Vec<(Bound<'_, PyString>, Bound<'_, PyAny>)> = Vec::new();
-            for pair in headers_item.try_iter()? {
+            let first_header = headers.len();
+            for pair in output.get_item(HEADERS)?.try_iter()? {
                 let (name, v): (Bound<'_, PyString>, Bound<'_, PyAny>) = pair?.extract()?;
                 headers.push((name, v));
             }
-            let mut header_bytes: Vec<(&[u8], Option<&[u8]>)> = Vec::with_capacity(headers.len());
-            for (name, v) in &headers {
-                let name = name.to_str()?.as_bytes();
-                header_bytes.push((name, optional_bytes(v, "header value")?));
-            }
-            let offset_delta = i64::from(self.records);
             // attributes, timestamp delta (always 0: one timestamp per batch), offset delta
-            let mut body = 1 + varint_len(0) + varint_len(offset_delta);
+            let mut body = 1 + varint_len(0) + varint_len(i64::from(records));
             body += varint_len(len_or_null(key)) + key.map_or(0, <[u8]>::len);
             body += varint_len(len_or_null(value)) + value.map_or(0, <[u8]>::len);
-            body += varint_len(header_bytes.len() as i64);
-            for (name, v) in &header_bytes {
+            body += varint_len((headers.len() - first_header) as i64);
+            for (name, v) in &headers[first_header..] {
+                let name = name.to_str()?.as_bytes();
+                let v = optional_bytes(v, "header value")?;
                 body += varint_len(name.len() as i64) + name.len();
-                body += varint_len(len_or_null(*v)) + v.map_or(0, <[u8]>::len);
+                body += varint_len(len_or_null(v)) + v.map_or(0, <[u8]>::len);
             }
             let required = body + varint_len(body as i64);
             // Strictly below `max_bytes`, as aiokafka's compiled builder keeps its batches.
-            if self.records > 0 && self.buf.len() + required >= self.max_bytes {
-                self.closed = true;
-                return Ok(i);
+            if records > 0 && size + required >= self.max_bytes {
+                headers.truncate(first_header);
+                left_out = i;
+                break;
             }
-            let buf = &mut self.buf;
-            buf.reserve(required);
-            write_varint(buf, body as i64);
+            size += required;
+            taken.push(Taken {
+                key: key_item,
+                value: value_item,
+                headers: first_header..headers.len(),
+                body,
+            });
+        }
+        let buf = &mut self.buf;
+        buf.reserve_exact(size - buf.len());
+        for t in &taken {
+            write_varint(buf, t.body as i64);
             buf.push(0);
             write_varint(buf, 0);
-            write_varint(buf, offset_delta);
-            write_field(buf, key);
-            write_field(buf, value);
-            write_varint(buf, header_bytes.len() as i64);
-            for (name, v) in &header_bytes {
-                write_field(buf, Some(name));
-                write_field(buf, *v);
+            write_varint(buf, i64::from(self.records));
+            write_field(buf, optional_bytes(&t.key, "key")?);
+            write_field(buf, optional_bytes(&t.value, "value")?);
+            write_varint(buf, t.headers.len() as i64);
+            for (name, v) in &headers[t.headers.clone()] {
+                write_field(buf, Some(name.to_str()?.as_bytes()));
+                write_field(buf, optional_bytes(v, "header value")?);
             }
             self.records += 1;
-            i += 1;
         }
-        Ok(n)
+        debug_assert_eq!(buf.len(), size);
+        if left_out < n {
+            self.closed = true;
+        }
+        Ok(left_out)
     }
 
     /// Bytes so far, header included.

@@ -114,7 +114,12 @@ def test_a_full_batch_says_where_it_stopped_and_takes_no_more() -> None:
     assert alone.extend(outputs, 0) == 1 and alone.size() > 100
 
 
-def test_a_value_that_is_not_bytes_is_refused() -> None:
-    bad = [Outbound("t", None, "text", [], "routed", None, "in", 0, 0, 0, None)]  # type: ignore[arg-type]
+def test_a_value_that_is_not_bytes_is_refused_and_nothing_of_the_call_goes_in() -> None:
+    good = Outbound("t", None, b"ok", [], "routed", None, "in", 0, 0, 0, None)
+    bad = Outbound("t", None, "text", [], "routed", None, "in", 0, 1, 0, None)  # type: ignore[arg-type]
+    b = RecordBatch(1000, STAMP, is_transactional=False)
+    assert b.extend([good], 0) == 1
+    size = b.size()
     with pytest.raises(TypeError, match="value must be bytes"):
-        RecordBatch(1000, STAMP, is_transactional=False).extend(bad, 0)
+        b.extend([good, good, bad], 0)
+    assert (b.record_count(), b.size()) == (1, size)
