@@ -1,8 +1,9 @@
 //! `RouteJob`: a slice of records routed off the event loop, by two threads that live as long
 //! as the process.
 //!
-//! The records are copied in when a job begins, so the threads hold no Python object but the
-//! topics (frozen, read without the GIL) and never take the GIL. A job of `PARALLEL_FROM`
+//! The threads never take the GIL. They read the topics (frozen) and each record's value in the
+//! buffer of its Python `bytes`, which never changes and which the job keeps alive: nothing is
+//! copied when a job begins. A job of `PARALLEL_FROM`
 //! records or more is cut in two halves, one per thread. When the last part is routed, `done()`
 //! turns true and one byte goes to the job's `notify_fd`, for the event loop to wake on.
 //! Two threads for the process, not one per job: each thread that allocates gets a malloc
@@ -58,13 +59,25 @@ fn submit(task: Task) -> PyResult<()> {
         .map_err(|_| PyRuntimeError::new_err("RouteJob: the routing threads are gone"))
 }
 
-/// What a job's threads read: every record's bytes in one buffer.
+/// Where a record's value is: the buffer of a Python `bytes` that `Input::values` holds.
+#[derive(Clone, Copy)]
+struct Span(*const u8, usize);
+
+// SAFETY: a `bytes` object's buffer is immutable and lives as long as the object, and
+// `Input::values` holds every object a span points into for as long as the spans are read.
+unsafe impl Send for Span {}
+unsafe impl Sync for Span {}
+
+/// What a job's threads read.
 struct Input {
     topics: Vec<Py<Topic>>,
     topic_of: Vec<usize>,
-    bytes: Vec<u8>,
-    /// Per record its `bytes` range, or `None` for a record without a value.
-    spans: Vec<Option<(usize, usize)>>,
+    /// The records' values, held for `spans` (dropped without the GIL, PyO3 defers the
+    /// decrements to the next time it is held).
+    #[allow(dead_code)] // held, never read: the spans read the buffers
+    values: Vec<Py<PyBytes>>,
+    /// Per record its value, or `None` for a record without one.
+    spans: Vec<Option<Span>>,
     partitions: Vec<i64>,
     offsets: Vec<i64>,
     timestamps: Vec<Option<i64>>,
@@ -75,10 +88,12 @@ impl Input {
         let topics: Vec<&Topic> = self.topics.iter().map(|t| t.get()).collect();
         (from..to)
             .map(|i| {
-                let (start, end) = self.spans[i]?;
+                let Span(at, len) = self.spans[i]?;
+                // SAFETY: see `Span`.
+                let value = unsafe { std::slice::from_raw_parts(at, len) };
                 route_one(
                     topics[self.topic_of[i]],
-                    &self.bytes[start..end],
+                    value,
                     self.partitions[i],
                     self.offsets[i],
                     self.timestamps[i],
@@ -151,15 +166,15 @@ impl RouteJob {
                 }
             })
             .collect();
-        let total = raws.iter().flatten().map(|b| b.as_bytes().len()).sum();
-        let mut bytes = Vec::with_capacity(total);
+        let mut values = Vec::with_capacity(n);
         let spans = raws
-            .iter()
+            .into_iter()
             .map(|r| {
-                r.as_ref().map(|b| {
-                    let from = bytes.len();
-                    bytes.extend_from_slice(b.as_bytes());
-                    (from, bytes.len())
+                r.map(|b| {
+                    let value = b.as_bytes();
+                    let span = Span(value.as_ptr(), value.len());
+                    values.push(b.unbind());
+                    span
                 })
             })
             .collect();
@@ -172,7 +187,7 @@ impl RouteJob {
             input: Input {
                 topics: distinct,
                 topic_of,
-                bytes,
+                values,
                 spans,
                 partitions,
                 offsets,
