@@ -2,7 +2,7 @@
 
 Contenders run one after another, each in its own process. The worker (b) goes first: half of
 its rate is the load of every contender's latency phase (unless ``--rate`` is given). Before
-it, the raw pipe runs over the pre-filled events, untimed, until the broker's JIT compiler has
+it, the worker runs over the pre-filled events, untimed, until the broker's JIT compiler has
 gone quiet, so that the first contender does not pay for the broker's warm-up.
 """
 
@@ -78,8 +78,10 @@ CONTENDERS = {
     )
 }
 # Not a contender: the untimed passes that warm the broker up before the first one, which
-# otherwise runs on a broker still compiling its request paths (docs/performance.md).
-BROKER_WARMUP = Contender("broker_warmup", "the broker's warm-up (the raw pipe, untimed)", "raw")
+# otherwise runs on a broker still compiling its request paths (docs/performance.md). They
+# run the worker, whose requests (produce to three topics, commits) the raw pipe's do not
+# cover: the peers that come later find the broker warmed by the worker's phases too.
+BROKER_WARMUP = Contender("broker_warmup", "the broker's warm-up (the worker, untimed)", "worker")
 JIT_QUIET_CORES = 0.03  # a pass with less JIT compiling than this ends the warm-up
 BROKER_WARMUP_S = 150.0
 FULL, QUICK = 1_000_000, 100_000
@@ -183,7 +185,7 @@ def build_parser() -> _Parser:
         "--broker-warmup-seconds",
         type=_seconds,
         default=BROKER_WARMUP_S,
-        help="untimed passes of the raw pipe before the first contender, until the local "
+        help="untimed passes of the worker before the first contender, until the local "
         "broker's JIT compiler is quiet in one or this many seconds have gone (always this "
         "long when the broker is not a local process: KAFKA_BOOTSTRAP_SERVERS or Docker); "
         f"0 runs none (default {BROKER_WARMUP_S:g})",
@@ -319,7 +321,7 @@ async def _measure_all(args: argparse.Namespace, run: Run, env: dict[str, Any]) 
 
 
 async def _warm_broker(run: Run, budget_s: float) -> dict[str, Any]:
-    """Raw-pipe passes until one sees the broker's JIT compiler quiet or ``budget_s`` is spent
+    """Worker passes until one sees the broker's JIT compiler quiet or ``budget_s`` is spent
     (with no broker process to look at, the budget alone decides). What it did, for the report."""
     print(f"running {BROKER_WARMUP.label} ...", flush=True)
     started = time.monotonic()

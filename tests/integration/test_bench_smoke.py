@@ -48,7 +48,7 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path
     # broker is not a process the bench can look at, so the budget alone ends it: one pass.
     runs = [line for line in lines if line.startswith("running ")]
     assert runs[:2] == [
-        "running the broker's warm-up (the raw pipe, untimed) ...",
+        "running the broker's warm-up (the worker, untimed) ...",
         "running (b) worker, at-least-once ...",
     ]
     summary = orjson.loads(lines[-1])
