@@ -13,7 +13,7 @@ listeners, the one-node settings, ``.properties`` escaping, the cluster id.
   A port lost to a race between picking and binding is retried with new ports.
 * One-node settings: every internal topic with one replica and one partition,
   ``transaction.state.log.min.isr=1``, ``group.initial.rebalance.delay.ms=0``,
-  1 MiB segments, few threads, a 512 MiB heap, and a 3 s broker session so
+  1 MiB segments, two network and two I/O threads, and a 3 s broker session so
   that ``restart()`` after ``kill()`` is not held up ~9 s by the dead
   incarnation's registration.
 """
