@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -286,11 +287,13 @@ async def _measure_all(args: argparse.Namespace, run: Run, env: dict[str, Any]) 
     for name in [n for n in CONTENDERS if n in args.only]:
         c = CONTENDERS[name]
         print(f"running {c.label} ...", flush=True)
+        since = len(run.created)
         try:
             r = await run_contender(run, c, rate)
         except (KafkaError, TimeoutError, OSError) as exc:  # the broker, not the contender
             r = {"name": name, "label": c.label, "available": False,
                  "reason": f"{type(exc).__name__}: {exc}"}  # fmt: skip
+        await _clear(run, since)
         results[name] = r
         print(report.throughput_line(r), flush=True)
         if r.get("available"):
@@ -329,15 +332,17 @@ async def _warm_broker(run: Run, budget_s: float) -> dict[str, Any]:
     for n in itertools.count(1):
         jit_before, pass_started = _jit(run), time.monotonic()
         c = dataclasses.replace(BROKER_WARMUP, name=f"{BROKER_WARMUP.name}{n}")
+        since = len(run.created)
         try:
             r = await run_contender(run, c, None, latency=False)
         except (KafkaError, TimeoutError, OSError) as exc:
             r = {"reason": f"{type(exc).__name__}: {exc}"}
+        jit_after, now = _jit(run), time.monotonic()
+        await _clear(run, since)
         if not r.get("available"):
             print(f"  the warm-up failed ({r.get('reason')}); going on without it", flush=True)
             done["failed"] = r.get("reason")
             break
-        jit_after, now = _jit(run), time.monotonic()
         done["passes"] = n
         line = f"  pass {n}: {r['events_per_s']:,.0f} events/s"
         if jit_before is not None and jit_after is not None:
@@ -359,6 +364,17 @@ def _jit(run: Run) -> float | None:
         return measure.jit_seconds(run.broker_pid)
     except OSError:
         return None
+
+
+async def _clear(run: Run, since: int) -> None:
+    """Delete the topics a contender made (its outputs, its latency phase's inputs), then
+    write out what the machine still holds to write: the next contender starts on a broker
+    and a disk with nothing of the last one's left to do. Without it the writeback of one
+    phase's output (a gigabyte or more) went on in the next one's (docs/performance.md)."""
+    made, run.created = run.created[since:], run.created[:since]
+    with contextlib.suppress(KafkaError, TimeoutError, OSError):  # at worst left for the end
+        await _delete(run.bootstrap, made)
+    await asyncio.to_thread(os.sync)
 
 
 async def _delete(bootstrap: str, topics: list[str]) -> None:
@@ -395,7 +411,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from worker.stream.service import run_loop
 
     try:
-        with throwaway_broker(auto_create_topics=False) as broker:
+        # A deleted topic's files go at once, not after Kafka's minute: ``_clear``.
+        with throwaway_broker(
+            auto_create_topics=False, extra_config={"file.delete.delay.ms": "1000"}
+        ) as broker:
             summary: dict[str, Any] = {}
 
             async def go() -> int:
