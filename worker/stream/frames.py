@@ -1,5 +1,5 @@
-"""How Kafka responses come off the socket: each frame received straight into a buffer of its
-own size.
+"""How Kafka responses come off the socket: each frame received straight into a buffer, not
+through asyncio's stream reader.
 
 A Kafka response is a frame: a 4-byte big-endian size, then that many bytes. aiokafka reads
 them through an ``asyncio.StreamReader``: the transport hands over each read as new ``bytes``,
