@@ -371,9 +371,10 @@ async def _clear(run: Run, since: int) -> None:
     write out what the machine still holds to write: the next contender starts on a broker
     and a disk with nothing of the last one's left to do. Without it the writeback of one
     phase's output (a gigabyte or more) went on in the next one's (docs/performance.md)."""
-    made, run.created = run.created[since:], run.created[:since]
-    with contextlib.suppress(KafkaError, TimeoutError, OSError):  # at worst left for the end
+    made = run.created[since:]
+    with contextlib.suppress(KafkaError, TimeoutError, OSError):  # else left for the end
         await _delete(run.bootstrap, made)
+        del run.created[since:]
     await asyncio.to_thread(os.sync)
 
 
