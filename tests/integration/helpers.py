@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -196,6 +197,19 @@ def start_worker(config: Path, env: Mapping[str, str] | None = None) -> subproce
 
 def worker_log(config: Path) -> str:
     return config.with_suffix(".log").read_text(errors="replace")
+
+
+def stuck_worker_log(proc: subprocess.Popen[bytes], config: Path, wait_s: float = 5.0) -> str:
+    """The end of a worker's log for a failure message: with every stack (SIGUSR1) when the
+    worker is still running, so a worker that stopped making progress says where it waits."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + wait_s
+        while "SIGUSR1: stacks" not in worker_log(config) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    log = worker_log(config)
+    dumped = log.rfind("SIGUSR1: stacks")
+    return log[-4000:] if dumped < 0 else log[max(0, dumped - 2000) :]
 
 
 @dataclass

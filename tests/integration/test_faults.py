@@ -29,6 +29,7 @@ from tests.integration.helpers import (
     make_settings,
     read_outputs,
     start_worker,
+    stuck_worker_log,
     wait_for_progress,
     wait_until_committed,
     worker_log,
@@ -204,7 +205,7 @@ async def test_sigkill_the_broker_and_restart_it(
             restarts += 1
         assert time.monotonic() < deadline, (
             f"stuck at {done}/{end}, {restarts} worker restarts\n"
-            f"worker log:\n{worker_log(config)[-4000:]}\nbroker log:\n{own_broker.log_tail(60)}"
+            f"worker log:\n{stuck_worker_log(proc, config)}\nbroker log:\n{own_broker.log_tail(60)}"
         )
         await asyncio.sleep(0.2)
     assert recovery is not None

@@ -28,6 +28,7 @@ from tests.integration.helpers import (
     read_outputs,
     running_worker,
     start_worker,
+    stuck_worker_log,
     wait_until_committed,
     worker_log,
     write_config,
@@ -397,7 +398,7 @@ async def test_one_worker_stops_half_way_another_finishes(
 
 
 @GUARANTEES
-async def test_sigterm_mid_stream_exits_0_and_loses_nothing(
+async def test_sigterm_mid_stream_exits_0_and_loses_nothing_after_a_stack_dump(
     bootstrap: str, uid: str, tmp_path: Path, guarantee: str
 ) -> None:
     settings = make_settings(bootstrap, uid, processing={"guarantee": guarantee})
@@ -416,6 +417,8 @@ async def test_sigterm_mid_stream_exits_0_and_loses_nothing(
                 if sum(seen.values()) > 0:
                     break
                 await asyncio.sleep(0.1)
+            # SIGUSR1 on the way: the stacks are logged and the worker carries on.
+            dumped = await asyncio.to_thread(stuck_worker_log, proc, config, 10)
             proc.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             code = await asyncio.to_thread(proc.wait, 30)
@@ -428,6 +431,9 @@ async def test_sigterm_mid_stream_exits_0_and_loses_nothing(
     assert code == 0, log
     assert took < 10 + 2, f"exit took {took:.1f}s, drain bound is 10s"
     assert "Traceback" not in log
+    assert "SIGUSR1: stacks" in dumped, log
+    assert "--- thread MainThread" in dumped, log
+    assert "--- task" in dumped and "pipeline.py" in dumped, log
     ends = await admin.end_offsets(settings.kafka, settings.topics)
     seen = await admin.wait_for_commits(settings.kafka, settings.kafka.group_id, ends, 0)
     assert sum(seen.values()) < sum(ends.values()), "SIGTERM should land mid-stream"

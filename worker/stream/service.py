@@ -4,7 +4,8 @@ Signal handlers only set state (as uvicorn does): the first SIGTERM or SIGINT as
 graceful stop (stop fetching, finish and commit the batch in hand, close), a second one forces
 the exit. Containers send SIGTERM, and ``asyncio.run`` alone handles only SIGINT. SIGHUP asks
 for a reload of the config (``worker.stream.reload``), as does ``POST /-/reload``; a reload
-never stops or shortens a drain.
+never stops or shortens a drain. SIGUSR1 logs every thread's and task's stack
+(``worker.observability.stacks``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from worker.core import native
 from worker.core.settings import Settings
 from worker.observability.health import HealthServer
 from worker.observability.metrics import Metrics
+from worker.observability.stacks import install_dump_handler
 from worker.stream import history
 from worker.stream.connections import FatalError, aiokafka_c_extension
 from worker.stream.pipeline import DrainTimeout, Worker, cancelled
@@ -144,6 +146,7 @@ def run(
         install_stop_handlers(stop)
         reload_requested = asyncio.Event()
         install_reload_handler(reload_requested)
+        install_dump_handler()
         if stop_requested():  # a signal came before the loop could take it
             stop.set()
         return await serve(
