@@ -70,8 +70,8 @@ class KafkaSettings(BaseModel):
     request_timeout_ms: StrictInt = Field(40_000, ge=1_000)
     """How long a client waits for a broker's answer to a request."""
     connect_timeout_s: StrictFloat = Field(30.0, gt=0.0)
-    """How long the worker may go without reaching the brokers, at start or later, before it
-    gives up and exits with status 1."""
+    """How long the worker may go without reaching the brokers, at start or later (an offset
+    commit included), before it gives up and exits with status 1."""
     # Fewer, larger batches at moderate load, for a few ms of latency (docs/performance.md).
     fetch_min_bytes: StrictInt = Field(196_608, ge=1)
     """A fetch is answered once this many bytes are waiting, or after `fetch_max_wait_ms`,

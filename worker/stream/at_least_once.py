@@ -150,8 +150,16 @@ class AtLeastOnce(Guarantee):
         if not offsets:
             return
         started = time.perf_counter()
+        # aiokafka retries a commit for as long as the coordinator cannot be found or answers
+        # with a retriable error; the worker gives it as long as it gives a broker to answer.
+        bound = self.settings.kafka.connect_timeout_s
         try:
-            await self.consumer.commit(offsets)
+            await asyncio.wait_for(self.consumer.commit(offsets), bound)
+        except TimeoutError:
+            raise FatalError(
+                f"an offset commit did not finish within {bound:g}s (kafka.connect_timeout_s); "
+                "exiting so that a restart resumes from the committed offsets"
+            ) from None
         except (CommitFailedError, KafkaError) as exc:
             # The outputs are published; the next owner reprocesses this batch.
             self.metrics.commit_failures.inc()
