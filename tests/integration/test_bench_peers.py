@@ -47,7 +47,7 @@ async def _fill(settings: Settings) -> dict[str, dict[str, Any]]:
     """The sample, and each record by its trace-id header (unique in the sample)."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, linger_ms=5)
     await producer.start()
-    sent: dict[str, dict[str, Any]] = {}
+    pending: list[tuple[str, str, bytes, bytes | None, Any]] = []
     try:
         for width in WIDTHS:
             topic = _topic(settings.kafka.group_id.removeprefix("g-"), width)
@@ -59,14 +59,21 @@ async def _fill(settings: Settings) -> dict[str, dict[str, Any]]:
                 value = e.value
                 if labels and i % 3 == 0 and e.expect_dead_letter is None:
                     value = orjson.dumps({**orjson.loads(value), "labels": labels})
-                meta = await (await producer.send(topic, value, key=e.key, headers=e.headers))
-                sent[e.headers[0][1].decode()] = {
-                    "topic": topic, "partition": meta.partition, "offset": meta.offset,
-                    "value": value, "key": e.key,
-                }  # fmt: skip
+                ack = await producer.send(topic, value, key=e.key, headers=e.headers)
+                pending.append((e.headers[0][1].decode(), topic, value, e.key, ack))
+        metas = await asyncio.gather(*(ack for *_, ack in pending))
     finally:
         await producer.stop()
-    return sent
+    return {
+        trace: {
+            "topic": topic,
+            "partition": meta.partition,
+            "offset": meta.offset,
+            "value": value,
+            "key": key,
+        }
+        for (trace, topic, value, key, _), meta in zip(pending, metas, strict=True)
+    }
 
 
 async def _run_peer(name: str, settings: Settings, tmp: Path, uid: str) -> dict[str, list[Any]]:
