@@ -83,8 +83,9 @@ CONTENDERS = {
 # run the worker, whose requests (produce to three topics, commits) the raw pipe's do not
 # cover: the peers that come later find the broker warmed by the worker's phases too.
 BROKER_WARMUP = Contender("broker_warmup", "the broker's warm-up (the worker, untimed)", "worker")
-JIT_QUIET_CORES = 0.03  # a pass with less JIT compiling than this ends the warm-up
-BROKER_WARMUP_S = 150.0
+JIT_QUIET_CORES = 0.03  # a pass with less JIT compiling than this ends the warm-up...
+SETTLED = 0.10  # ...if its events/s are also within this of the pass before it
+BROKER_WARMUP_S = 240.0
 FULL, QUICK = 1_000_000, 100_000
 RESULTS = Path(__file__).resolve().parent / "results"  # where a full run's report is kept
 # The broker's JIT compiler is still at work on the paths that small, paced requests take for
@@ -187,7 +188,8 @@ def build_parser() -> _Parser:
         type=_seconds,
         default=BROKER_WARMUP_S,
         help="untimed passes of the worker before the first contender, until the local "
-        "broker's JIT compiler is quiet in one or this many seconds have gone (always this "
+        "broker's JIT compiler is quiet in one whose events/s are within 10%% of the pass "
+        "before, or this many seconds have gone (always this "
         "long when the broker is not a local process: KAFKA_BOOTSTRAP_SERVERS or Docker); "
         f"0 runs none (default {BROKER_WARMUP_S:g})",
     )
@@ -324,11 +326,13 @@ async def _measure_all(args: argparse.Namespace, run: Run, env: dict[str, Any]) 
 
 
 async def _warm_broker(run: Run, budget_s: float) -> dict[str, Any]:
-    """Worker passes until one sees the broker's JIT compiler quiet or ``budget_s`` is spent
-    (with no broker process to look at, the budget alone decides). What it did, for the report."""
+    """Worker passes until one sees the broker's JIT compiler quiet and the throughput
+    settled (within ``SETTLED`` of the pass before), or ``budget_s`` is spent (with no broker
+    process to look at, the budget alone decides), as a JMH warm-up runs until its iterations
+    agree. What it did, for the report."""
     print(f"running {BROKER_WARMUP.label} ...", flush=True)
     started = time.monotonic()
-    done: dict[str, Any] = {"passes": 0, "jit_cores": [], "quiet": False}
+    done: dict[str, Any] = {"passes": 0, "jit_cores": [], "quiet": False, "events_per_s": []}
     for n in itertools.count(1):
         jit_before, pass_started = _jit(run), time.monotonic()
         c = dataclasses.replace(BROKER_WARMUP, name=f"{BROKER_WARMUP.name}{n}")
@@ -344,6 +348,9 @@ async def _warm_broker(run: Run, budget_s: float) -> dict[str, Any]:
             done["failed"] = r.get("reason")
             break
         done["passes"] = n
+        rates: list[float] = done["events_per_s"]
+        rates.append(r["events_per_s"])
+        settled = len(rates) > 1 and abs(rates[-1] - rates[-2]) <= SETTLED * rates[-2]
         line = f"  pass {n}: {r['events_per_s']:,.0f} events/s"
         if jit_before is not None and jit_after is not None:
             cores = round((jit_after - jit_before) / (now - pass_started), 3)
@@ -351,7 +358,7 @@ async def _warm_broker(run: Run, budget_s: float) -> dict[str, Any]:
             done["quiet"] = cores < JIT_QUIET_CORES
             line += f", the broker's JIT compiler {cores:.2f} cores"
         print(line, flush=True)
-        if done["quiet"] or now - started >= budget_s:
+        if (done["quiet"] and settled) or now - started >= budget_s:
             break
     done["seconds"] = round(time.monotonic() - started, 1)
     return done
