@@ -283,7 +283,7 @@ async def _measure_all(args: argparse.Namespace, run: Run, env: dict[str, Any]) 
     )
     warmup = None
     if args.broker_warmup_seconds > 0:
-        warmup = await _warm_broker(run, args.broker_warmup_seconds)
+        warmup = await _warm_broker(run, args.broker_warmup_seconds, args.rate)
     rate: float | None = args.rate
     results: dict[str, dict[str, Any]] = {}
     for name in [n for n in CONTENDERS if n in args.only]:
@@ -325,11 +325,12 @@ async def _measure_all(args: argparse.Namespace, run: Run, env: dict[str, Any]) 
     }  # fmt: skip
 
 
-async def _warm_broker(run: Run, budget_s: float) -> dict[str, Any]:
+async def _warm_broker(run: Run, budget_s: float, rate: float | None) -> dict[str, Any]:
     """Worker passes until one sees the broker's JIT compiler quiet and the throughput
     settled (within ``SETTLED`` of the pass before), or ``budget_s`` is spent (with no broker
     process to look at, the budget alone decides), as a JMH warm-up runs until its iterations
-    agree. What it did, for the report."""
+    agree; then one pass with a latency phase, at ``rate`` or half the last pass's rate. What
+    it did, for the report."""
     print(f"running {BROKER_WARMUP.label} ...", flush=True)
     started = time.monotonic()
     done: dict[str, Any] = {"passes": 0, "jit_cores": [], "quiet": False, "events_per_s": []}
@@ -360,8 +361,31 @@ async def _warm_broker(run: Run, budget_s: float) -> dict[str, Any]:
         print(line, flush=True)
         if (done["quiet"] and settled) or now - started >= budget_s:
             break
+    if "failed" not in done:
+        at = rate if rate is not None else done["events_per_s"][-1] / 2
+        done["latency_pass"] = await _warm_latency(run, at)
     done["seconds"] = round(time.monotonic() - started, 1)
     return done
+
+
+async def _warm_latency(run: Run, rate: float) -> dict[str, Any]:
+    """One more pass, with a latency phase at ``rate``: without it the first contender's
+    latency window was the first time the broker served the paced load's small requests and
+    the probe (the broker at 0.59 to 0.89 cores there, 0.34 to 0.46 in later windows)."""
+    c = dataclasses.replace(BROKER_WARMUP, name=f"{BROKER_WARMUP.name}_latency")
+    since = len(run.created)
+    try:
+        r = await run_contender(run, c, rate)
+    except (KafkaError, TimeoutError, OSError) as exc:
+        r = {"reason": f"{type(exc).__name__}: {exc}"}
+    await _clear(run, since)
+    lat = r.get("latency") or {}
+    if not r.get("available") or not lat or "error" in lat:
+        why = r.get("reason") or lat.get("error")
+        print(f"  the latency pass failed ({why}); going on", flush=True)
+        return {"failed": why}
+    print("  latency pass:" + report.latency_line(lat).removeprefix(" "), flush=True)
+    return {k: lat.get(k) for k in ("rate", "receipt_ms", "cpu_cores")}
 
 
 def _jit(run: Run) -> float | None:

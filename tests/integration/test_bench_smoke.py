@@ -56,6 +56,10 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path
     warmup = summary["broker_warmup"]
     assert warmup["passes"] == 1 and "failed" not in warmup
     assert warmup["jit_cores"] == [] and warmup["quiet"] is False
+    # Then one pass with a latency phase, at the run's rate: the paced load's paths warmed too.
+    assert warmup["latency_pass"]["rate"] == LATENCY_EVENTS, warmup
+    assert warmup["latency_pass"]["receipt_ms"]["p50"] > 0
+    assert any(line.startswith("  latency pass: latency at") for line in lines)
     assert summary["environment"]["aiokafka_c_extension"] is True
     # ./dev builds the compiled hot path wherever cargo is found, and then says so here.
     expect_native = os.environ.get("LOGIT_ROUTER_EXPECT_NATIVE") == "1"
