@@ -371,7 +371,7 @@ async def _warm_broker(run: Run, budget_s: float, rate: float | None) -> dict[st
 async def _warm_latency(run: Run, rate: float) -> dict[str, Any]:
     """One more pass, with a latency phase at ``rate``: without it the first contender's
     latency window was the first time the broker served the paced load's small requests and
-    the probe (the broker at 0.59 to 0.89 cores there, 0.34 to 0.46 in later windows)."""
+    the probe (what that cost: docs/performance.md)."""
     c = dataclasses.replace(BROKER_WARMUP, name=f"{BROKER_WARMUP.name}_latency")
     since = len(run.created)
     try:
