@@ -290,11 +290,7 @@ async def _measure_all(args: argparse.Namespace, run: Run, env: dict[str, Any]) 
         c = CONTENDERS[name]
         print(f"running {c.label} ...", flush=True)
         since = len(run.created)
-        try:
-            r = await run_contender(run, c, rate)
-        except (KafkaError, TimeoutError, OSError) as exc:  # the broker, not the contender
-            r = {"name": name, "label": c.label, "available": False,
-                 "reason": f"{type(exc).__name__}: {exc}"}  # fmt: skip
+        r = await _attempt(run, c, rate)
         await _clear(run, since)
         results[name] = r
         print(report.throughput_line(r), flush=True)
@@ -325,6 +321,17 @@ async def _measure_all(args: argparse.Namespace, run: Run, env: dict[str, Any]) 
     }  # fmt: skip
 
 
+async def _attempt(
+    run: Run, c: Contender, rate: float | None, *, latency: bool = True
+) -> dict[str, Any]:
+    """``run_contender``, with a failure of the broker's as the result's reason."""
+    try:
+        return await run_contender(run, c, rate, latency=latency)
+    except (KafkaError, TimeoutError, OSError) as exc:  # the broker, not the contender
+        return {"name": c.name, "label": c.label, "available": False,
+                "reason": f"{type(exc).__name__}: {exc}"}  # fmt: skip
+
+
 async def _warm_broker(run: Run, budget_s: float, rate: float | None) -> dict[str, Any]:
     """Worker passes until one sees the broker's JIT compiler quiet and the throughput
     settled (within ``SETTLED`` of the pass before), or ``budget_s`` is spent (with no broker
@@ -338,10 +345,7 @@ async def _warm_broker(run: Run, budget_s: float, rate: float | None) -> dict[st
         jit_before, pass_started = _jit(run), time.monotonic()
         c = dataclasses.replace(BROKER_WARMUP, name=f"{BROKER_WARMUP.name}{n}")
         since = len(run.created)
-        try:
-            r = await run_contender(run, c, None, latency=False)
-        except (KafkaError, TimeoutError, OSError) as exc:
-            r = {"reason": f"{type(exc).__name__}: {exc}"}
+        r = await _attempt(run, c, None, latency=False)
         jit_after, now = _jit(run), time.monotonic()
         await _clear(run, since)
         if not r.get("available"):
@@ -374,10 +378,7 @@ async def _warm_latency(run: Run, rate: float) -> dict[str, Any]:
     the probe (what that cost: docs/performance.md)."""
     c = dataclasses.replace(BROKER_WARMUP, name=f"{BROKER_WARMUP.name}_latency")
     since = len(run.created)
-    try:
-        r = await run_contender(run, c, rate)
-    except (KafkaError, TimeoutError, OSError) as exc:
-        r = {"reason": f"{type(exc).__name__}: {exc}"}
+    r = await _attempt(run, c, rate)
     await _clear(run, since)
     lat = r.get("latency") or {}
     if not r.get("available") or not lat or "error" in lat:
