@@ -78,6 +78,12 @@ CONTENDERS = {
         ),
     )
 }
+# The local broker's settings, so that what a phase wrote is gone soon after it (the machine's
+# memory: docs/performance.md, "Memory"). A deleted topic's files go after a second, not after
+# Kafka's minute (``_clear``); the latency phase's topics are trimmed to their retention every
+# five seconds, not every five minutes (``bench.contender.LATENCY_RETENTION``).
+BROKER_CONFIG = {"log.segment.delete.delay.ms": "1000", "log.retention.check.interval.ms": "5000"}
+
 # Not a contender: the untimed passes that warm the broker up before the first one, which
 # otherwise runs on a broker still compiling its request paths (docs/performance.md). They
 # run the worker, whose requests (produce to three topics, commits) the raw pipe's do not
@@ -444,10 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from worker.stream.service import run_loop
 
     try:
-        # A deleted topic's files go at once, not after Kafka's minute: ``_clear``.
-        with throwaway_broker(
-            auto_create_topics=False, extra_config={"file.delete.delay.ms": "1000"}
-        ) as broker:
+        with throwaway_broker(auto_create_topics=False, extra_config=BROKER_CONFIG) as broker:
             summary: dict[str, Any] = {}
 
             async def go() -> int:
