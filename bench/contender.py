@@ -1,5 +1,5 @@
 """One contender, start to finish: its topics, its child process, the throughput phase
-(drain the pre-filled topics), the latency phase (a paced load), stop, count its outputs."""
+(drain the pre-filled topics), count its outputs, the latency phase (a paced load), stop."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from bench import kstreams, measure
-from bench.load import paced, prepare
+from bench.load import LOAD_POOL, paced, prepare
 from bench.spec import POLICIES, PROFILE_ENV, WIDTHS, Spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,6 +29,10 @@ MIB = 1_048_576
 INPUT_CONFIG = {"segment.bytes": str(128 * MIB), "max.message.bytes": str(8 * MIB)}
 # The broker stamps outputs as it appends them: the "append" latency reads that stamp.
 OUTPUT_CONFIG = {**INPUT_CONFIG, "message.timestamp.type": "LogAppendTime"}
+# In the latency phase a partition keeps its last 256 MiB or so, in segments of 32 MiB, so the
+# phase's page cache stays a few gigabytes however long it runs (docs/performance.md, "Memory").
+# The phase's inputs have it from the start; the outputs once the throughput phase's are counted.
+LATENCY_RETENTION = {"segment.bytes": str(32 * MIB), "retention.bytes": str(256 * MIB)}
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,21 @@ class Run:
     samples_dir: Path | None = None  # --latency-samples: the probe writes NAME.txt there
     broker_pid: int | None = None  # a local broker: its CPU is measured in both phases
     created: list[str] = field(default_factory=list)
+
+
+async def _alter_topics(run: Run, names: Iterable[str], config: dict[str, str]) -> None:
+    """Give ``names`` exactly ``config`` (AlterConfigs replaces a topic's whole set)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=run.bootstrap)
+    await admin.start()
+    try:
+        resources = [ConfigResource(ConfigResourceType.TOPIC, n, config) for n in names]
+        for response in await admin.alter_configs(resources):
+            for error_code, message, _, name in response.resources:
+                if error_code:
+                    raise Unavailable(f"cannot set the latency phase's retention on {name}: "
+                                      f"{message} (error {error_code})")  # fmt: skip
+    finally:
+        await admin.close()
 
 
 class Unavailable(Exception):
@@ -121,7 +142,7 @@ async def run_contender(
     outputs = {k: f"{prefix}-{k}" for k in ("routed", "escalated", "dead_letter")}
     latency_inputs = {f"{prefix}-lat-w{w}": w for w in WIDTHS}
     await create_topics(run, list(outputs.values()), OUTPUT_CONFIG)
-    await create_topics(run, list(latency_inputs), INPUT_CONFIG)
+    await create_topics(run, list(latency_inputs), {**INPUT_CONFIG, **LATENCY_RETENTION})
     # The worker records its config before it starts; the others ignore the name.
     config_history = f"{prefix}-config-history"
     await create_topics(run, [config_history], {"cleanup.policy": "compact"})
@@ -164,10 +185,12 @@ async def run_contender(
     try:
         result.update(await _throughput(run, spec, procs, queues, log_path))
         out_ends = await measure.end_offsets(run.bootstrap, outputs.values())
+        counted = await measure.count_records(run.bootstrap, out_ends, timeout_s=600)
         # The first contender (the worker) sets the load: half of its own rate.
         load = rate if rate is not None else result["events_per_s"] / 2
         try:
             if latency:
+                await _alter_topics(run, outputs.values(), {**OUTPUT_CONFIG, **LATENCY_RETENTION})
                 result["latency"] = await _latency(
                     run, c.name, procs, outputs, latency_inputs, load
                 )
@@ -183,7 +206,6 @@ async def run_contender(
         for reader in readers:
             reader.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
-    counted = await measure.count_records(run.bootstrap, out_ends, timeout_s=600)
     result["events_out"] = counted.records
     # Offsets that hold no record are transaction markers: the outputs were transactional.
     result["transactional_outputs"] = sum(out_ends.values()) > counted.records
@@ -305,7 +327,7 @@ async def _latency(
     window, and so does the CPU of each process on the machine's cores that the bench knows."""
     warmup = round(rate * run.warmup_seconds)
     count = warmup + max(1, round(rate * run.latency_seconds))
-    prepared = prepare(inputs, count, run.seed)
+    prepared = prepare(inputs, min(count, LOAD_POOL), run.seed)
     deadline = (run.warmup_seconds + run.latency_seconds) * 2 + 60
     dump = str(run.samples_dir / f"{name}.txt") if run.samples_dir else ""
     probe = await asyncio.create_subprocess_exec(
@@ -323,7 +345,8 @@ async def _latency(
         ready = await asyncio.wait_for(probe.stdout.readline(), timeout=60)
         if not ready:
             raise Unavailable("the latency probe did not start")
-        window = await paced(run.bootstrap, prepared, rate, warmup, on_measure=cpu.open)
+        with _LowestFree() as free:
+            window = await paced(run.bootstrap, prepared, rate, count, warmup, on_measure=cpu.open)
         cpu.close()
         probe.stdin.write(b"%d\n" % window.measured_from_ns)
         await probe.stdin.drain()
@@ -343,7 +366,32 @@ async def _latency(
         **found,
         "pacer_lag_ms": window.lag_ms,
         "cpu_cores": cpu.cores(),
+        "memory_free_min_mb": round(free.mb),
     }
+
+
+class _LowestFree:
+    """The machine's free memory (``MemFree``), sampled every second inside the ``with``: the
+    lowest seen. On a VM whose host lends memory lazily, pages taken past some point cost far
+    more than the ones before (docs/performance.md, "Memory"); this shows how near a phase went."""
+
+    def __init__(self) -> None:
+        self.mb = measure.free_memory_mb()
+        self._task: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> _LowestFree:
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.mb = min(self.mb, measure.free_memory_mb())
+
+    async def _sample(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.mb = min(self.mb, measure.free_memory_mb())
 
 
 class _CpuWindow:

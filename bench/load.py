@@ -27,6 +27,9 @@ CHUNK = 20_000  # events in flight at once while pre-filling
 # time it was due, so the tick is part of every latency, as a linger would be.
 TICK_S = 0.005
 FLUSH_S = 60.0  # how long the paced load waits for its last acknowledgements
+# Distinct events the paced load goes round: one prepared per event sent held gigabytes
+# (docs/performance.md, "Memory").
+LOAD_POOL = 200_000
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -99,29 +102,32 @@ async def paced(
     bootstrap: str,
     prepared: Sequence[Prepared],
     rate: float,
+    count: int,
     warmup: int = 0,
     on_measure: Callable[[], None] | None = None,
 ) -> Window:
-    """Send the ``prepared`` events at ``rate`` per second, each stamped with ``sent_ns``, the
-    time it was due: event ``i`` at ``start + i / rate``.
+    """Send ``count`` events at ``rate`` per second, going round the ``prepared`` ones, each
+    stamped with ``sent_ns``, the time it was due: event ``i`` at ``start + i / rate``.
 
     The first ``warmup`` events are the warm-up: the same load, before the window that the
     percentiles are taken over (``Window.measured_from_ns``); ``on_measure`` is called as the
     window opens. The pacing runs in a thread of its own (``_pace``), so this process's event
     loop stays free.
     """
-    return await asyncio.to_thread(_pace, bootstrap, prepared, rate, warmup, on_measure)
+    return await asyncio.to_thread(_pace, bootstrap, prepared, rate, count, warmup, on_measure)
 
 
 def _pace(
     bootstrap: str,
     prepared: Sequence[Prepared],
     rate: float,
+    count: int,
     warmup: int,
     on_measure: Callable[[], None] | None,
 ) -> Window:
     """The paced producer. Events are prepared before the clock starts; only the stamp and the
-    encoding happen on the way out.
+    encoding happen on the way out. A pool of them is sent round and round, not one prepared
+    event per event sent: a whole phase's worth held gigabytes (``LOAD_POOL``).
 
     Each event carries the time it was due (one wall-clock reading at the start plus
     ``i / rate``), not the moment the loop reached it: a pacer that falls behind (a slow tick,
@@ -142,7 +148,7 @@ def _pace(
     full collection here took 300 to 360 ms, every 3 to 5 s, and every contender's tail
     latency carried those pauses of the load generator.
     """
-    count = len(prepared)
+    pool = len(prepared)
     failed: list[str] = []
 
     def delivered(err: Any, _msg: Any) -> None:
@@ -169,7 +175,7 @@ def _pace(
         while sent < count:
             due = min(count, int((time.monotonic_ns() - started) / interval_ns) + 1)
             while sent < due:
-                p = prepared[sent]
+                p = prepared[sent % pool]
                 offset = round(sent * interval_ns)
                 if sent == warmup and on_measure is not None:
                     on_measure()

@@ -26,6 +26,15 @@ def _ticks(stat: str) -> int:
     return int(fields[11]) + int(fields[12])  # utime, stime: fields 14, 15
 
 
+def free_memory_mb() -> float:
+    """The machine's ``MemFree`` (``/proc/meminfo``), in MiB: memory no page of which is used."""
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemFree:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system time of every thread of ``pid`` so far (``/proc/PID/stat``)."""
     return _ticks(f"/proc/{pid}/stat") / CLK_TCK

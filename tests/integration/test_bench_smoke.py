@@ -99,6 +99,9 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path
         assert set(lat["cpu_cores"]) == {"contender", "load", "probe"}, name
         cpus = os.cpu_count() or 1
         assert all(0 <= cores <= cpus + 0.5 for cores in lat["cpu_cores"].values()), name
+        # The machine's lowest free memory in the phase, at most all there is.
+        total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+        assert 0 < lat["memory_free_min_mb"] < total_mb, name
         # --latency-samples: one "sent_ns receipt_us" line per timed output, warm-up included;
         # those stamped from the window's start are the figures' samples, the same maximum.
         text = (tmp_path / "samples" / f"{name}.txt").read_text()

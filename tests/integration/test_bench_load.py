@@ -1,0 +1,43 @@
+"""The benchmark's paced load on a real broker: it sends the count asked for, going round a
+smaller pool of prepared events, each one stamped with the time it was due."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from bench.load import paced, prepare
+from bench.probe import sent_ns
+from worker.core.kafka_settings import KafkaSettings
+from worker.stream import admin
+
+pytestmark = pytest.mark.integration
+
+RATE = 2_000.0
+
+
+async def test_the_paced_load_goes_round_its_pool_and_stamps_every_event(
+    bootstrap: str, uid: str
+) -> None:
+    kafka = KafkaSettings(bootstrap_servers=bootstrap)
+    topic = f"paced-{uid}"
+    await admin.create_topics(kafka, [topic], partitions=1)
+    pool = prepare({topic: 3}, 7, seed=11)
+    window = await paced(bootstrap, pool, RATE, count=50, warmup=10)
+    records = await admin.read_topic(kafka, topic)
+    assert len(records) == 50
+    # The prepared events in order, round and round: the 8th is the 1st again.
+    assert [r.key for r in records] == [pool[i % 7].key for i in range(50)]
+    stamps = [sent_ns(r.value) for r in records]
+    stamped = [s for s in stamps if s is not None]
+    documents = sum(isinstance(p.value, dict) for p in pool)
+    assert len(stamped) == sum(isinstance(pool[i % 7].value, dict) for i in range(50)) > documents
+    # Due times one interval apart (event i at start + i / rate), never the same twice.
+    due = [i for i, s in enumerate(stamps) if s is not None]
+    start = stamped[0] - round(due[0] * 1e9 / RATE)
+    assert stamped == [start + round(i * 1e9 / RATE) for i in due]
+    # The window opens at the 11th event's due time.
+    assert window.measured_from_ns == start + round(10 * 1e9 / RATE)
+    for r in records:
+        if sent_ns(r.value) is not None:
+            assert orjson.loads(r.value)["id"]  # the document itself, stamped
