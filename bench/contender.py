@@ -29,11 +29,10 @@ MIB = 1_048_576
 INPUT_CONFIG = {"segment.bytes": str(128 * MIB), "max.message.bytes": str(8 * MIB)}
 # The broker stamps outputs as it appends them: the "append" latency reads that stamp.
 OUTPUT_CONFIG = {**INPUT_CONFIG, "message.timestamp.type": "LogAppendTime"}
-# In the latency phase a partition keeps its last 256 MiB or so (retention drops whole segments),
-# so the phase's page cache stays a few gigabytes however long it runs (docs/performance.md,
-# "Memory"). The phase's inputs have it from the start; the outputs once the throughput
-# phase's are counted.
-LATENCY_RETENTION = {"retention.bytes": str(256 * MIB)}
+# In the latency phase a partition keeps its last 256 MiB or so, in segments of 32 MiB, so the
+# phase's page cache stays a few gigabytes however long it runs (docs/performance.md, "Memory").
+# The phase's inputs have it from the start; the outputs once the throughput phase's are counted.
+LATENCY_RETENTION = {"segment.bytes": str(32 * MIB), "retention.bytes": str(256 * MIB)}
 
 
 @dataclass(frozen=True)
