@@ -174,16 +174,6 @@ class PartitionProducers:
                 transactional=True,
                 compression=kafka.compression_type,
             )
-            sent = await publisher.send(outputs)
+            await acknowledged([sent.future for sent in await publisher.send(outputs)])
             offsets = {tp: OffsetAndMetadata(next_offset, "")}
-            # The offsets join the transaction while its records are in flight, two round
-            # trips saved per batch; it commits only once every record is acknowledged, and a
-            # failure of either aborts both. A refused record is the failure to report.
-            results = await asyncio.gather(
-                acknowledged([s.future for s in sent]),
-                producer.send_offsets_to_transaction(offsets, self.group_id),
-                return_exceptions=True,
-            )
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+            await producer.send_offsets_to_transaction(offsets, self.group_id)
