@@ -196,12 +196,12 @@ async def test_exactly_once_from_a_cold_start_processes_each_input_once(
 
 
 @pytest.mark.parametrize(
-    ("guarantee", "bound"), [("exactly_once", 5_000), ("at_least_once", 2_000)]
+    ("guarantee", "bound"), [("exactly_once", 10_000), ("at_least_once", 2_000)]
 )
 async def test_a_backlog_is_taken_in_batches_up_to_the_guarantees_default(
     bootstrap: str, uid: str, guarantee: str, bound: int
 ) -> None:
-    """With ``max_batch_records`` unset, a batch holds up to 5,000 records under exactly-once
+    """With ``max_batch_records`` unset, a batch holds up to 10,000 records under exactly-once
     (each batch pays a transaction per partition; larger ones amortise it) and up to 2,000
     under at-least-once: a backlog goes through in batches past 1,000 and none past the
     bound, each input in an output (exactly one committed output under exactly-once)."""

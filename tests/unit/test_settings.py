@@ -249,7 +249,7 @@ def test_settings_can_be_built_directly() -> None:
     ("processing", "expected"),
     [
         ({}, 2_000),
-        ({"guarantee": "exactly_once"}, 5_000),  # larger batches amortise the transactions
+        ({"guarantee": "exactly_once"}, 10_000),  # larger batches amortise the transactions
         ({"guarantee": "exactly_once", "max_batch_records": 300}, 300),
         ({"max_batch_records": 20_000}, 20_000),
     ],
@@ -286,3 +286,26 @@ async def test_the_consumer_fetches_with_the_configured_bounds() -> None:
     finally:
         await default.stop()
         await tuned.stop()
+
+
+@pytest.mark.parametrize(
+    ("exactly_once", "configured", "expected"),
+    [
+        (False, None, 1_048_576),
+        (True, None, 8_388_608),  # what a batch holds of a partition is one transaction
+        (True, 65_536, 65_536),
+        (False, 4_194_304, 4_194_304),
+    ],
+)
+async def test_the_fetch_size_per_partition_defaults_to_the_guarantee_and_yields_to_the_config(
+    exactly_once: bool, configured: int | None, expected: int
+) -> None:
+    from worker.core.kafka_settings import KafkaSettings
+    from worker.stream.connections import make_consumer
+
+    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:9", max_partition_fetch_bytes=configured)
+    consumer = make_consumer(kafka, group_id="g", exactly_once=exactly_once)
+    try:
+        assert consumer._max_partition_fetch_bytes == expected
+    finally:
+        await consumer.stop()

@@ -18,6 +18,9 @@ from pydantic import (
 
 from worker.core.config_types import FROZEN
 
+PARTITION_FETCH_BYTES = 1_048_576
+EXACTLY_ONCE_PARTITION_FETCH_BYTES = 8_388_608
+
 
 class KafkaSettings(BaseModel):
     """How the worker connects to Kafka, and its consumer's and producer's settings."""
@@ -80,8 +83,14 @@ class KafkaSettings(BaseModel):
     """The longest a fetch waits for `fetch_min_bytes`: what it may add to the latency at low
     rates, and how often an idle worker asks the brokers for records (raise it where many idle
     workers share a cluster)."""
-    max_partition_fetch_bytes: StrictInt = Field(1_048_576, ge=1024)
-    """The most bytes one fetch returns from one partition."""
+    max_partition_fetch_bytes: StrictInt | None = Field(
+        None,
+        ge=1024,
+        description=f"The most bytes one fetch returns from one partition. Unset: "
+        f"{PARTITION_FETCH_BYTES:,}, or {EXACTLY_ONCE_PARTITION_FETCH_BYTES:,} under "
+        "exactly-once, where what a batch holds of a partition (at most one fetch of it) is one "
+        "transaction: larger fetches, fewer transactions.",
+    )
     linger_ms: StrictInt = Field(0, ge=0)
     """How long the producer waits for more records before sending. 0: send at once, since the
     worker hands over whole batches."""
@@ -95,6 +104,12 @@ class KafkaSettings(BaseModel):
     for byte, however big it was."""
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
     """Compression of the output batches; none when unset."""
+
+    def partition_fetch_bytes(self, *, exactly_once: bool) -> int:
+        """``max_partition_fetch_bytes`` if set, else the default for the guarantee."""
+        if self.max_partition_fetch_bytes is not None:
+            return self.max_partition_fetch_bytes
+        return EXACTLY_ONCE_PARTITION_FETCH_BYTES if exactly_once else PARTITION_FETCH_BYTES
 
     @model_validator(mode="before")
     @classmethod

@@ -75,7 +75,7 @@ class Limits(BaseModel):
 
 
 BATCH_RECORDS = 2_000
-EXACTLY_ONCE_BATCH_RECORDS = 5_000
+EXACTLY_ONCE_BATCH_RECORDS = 10_000
 
 
 class Processing(BaseModel):

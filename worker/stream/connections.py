@@ -90,8 +90,11 @@ def _no_key_password() -> str:
     return ""
 
 
-def make_consumer(kafka: KafkaSettings, *, group_id: str | None, **extra: Any) -> AIOKafkaConsumer:
-    """A consumer of raw bytes with manual commits: we decode, and commit after the outputs."""
+def make_consumer(
+    kafka: KafkaSettings, *, group_id: str | None, exactly_once: bool = False, **extra: Any
+) -> AIOKafkaConsumer:
+    """A consumer of raw bytes with manual commits: we decode, and commit after the outputs.
+    ``exactly_once``: the worker's consumer under that guarantee (its fetch size)."""
     fetched.install()  # records unpacked with less Python where the compiled module is
     wire.install()  # responses received whole, without the stream reader's copies
     return AIOKafkaConsumer(
@@ -105,7 +108,7 @@ def make_consumer(kafka: KafkaSettings, *, group_id: str | None, **extra: Any) -
         max_poll_interval_ms=kafka.max_poll_interval_ms,
         fetch_min_bytes=kafka.fetch_min_bytes,
         fetch_max_wait_ms=kafka.fetch_max_wait_ms,
-        max_partition_fetch_bytes=kafka.max_partition_fetch_bytes,
+        max_partition_fetch_bytes=kafka.partition_fetch_bytes(exactly_once=exactly_once),
         **extra,
     )
 

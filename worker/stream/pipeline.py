@@ -130,7 +130,8 @@ class Worker:
     async def _run(self, stop: asyncio.Event) -> None:
         kafka = self.settings.kafka
         async with AsyncExitStack() as stack:
-            consumer = make_consumer(kafka, group_id=kafka.group_id)
+            exactly_once = self.settings.processing.guarantee == "exactly_once"
+            consumer = make_consumer(kafka, group_id=kafka.group_id, exactly_once=exactly_once)
             stack.push_async_callback(self._close_consumer, consumer)  # started or not
             await self.guarantee.open(consumer, stack, stop)
             await start_within(consumer, kafka, "consumer", stop)

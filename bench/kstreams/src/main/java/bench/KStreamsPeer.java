@@ -124,15 +124,18 @@ public final class KStreamsPeer {
         StreamsConfig.PROCESSING_GUARANTEE_CONFIG,
         eos ? StreamsConfig.EXACTLY_ONCE_V2 : StreamsConfig.AT_LEAST_ONCE);
     p.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, peer.path("stream_threads").asInt(1));
-    // The worker commits after every batch (2,000 records, 5,000 under exactly-once), every
+    // The worker commits after every batch (2,000 records, 10,000 under exactly-once), every
     // few tens of ms at its rate; Streams' defaults are 30 s (ALOS) and 100 ms (EOS). 100 ms
     // for both keeps the commit cadence of the same order as the worker's.
     p.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, peer.path("commit_interval_ms").asInt(100));
-    // The worker's consumer: kafka.fetch_min_bytes, fetch_max_wait_ms, max_partition_fetch_bytes.
+    // The worker's consumer: kafka.fetch_min_bytes, fetch_max_wait_ms, max_partition_fetch_bytes
+    // (larger under exactly-once) and its batch, processing.max_batch_records.
     p.put(StreamsConfig.consumerPrefix(ConsumerConfig.FETCH_MIN_BYTES_CONFIG), 196_608);
     p.put(StreamsConfig.consumerPrefix(ConsumerConfig.FETCH_MAX_WAIT_MS_CONFIG), 10);
-    p.put(StreamsConfig.consumerPrefix(ConsumerConfig.MAX_PARTITION_FETCH_BYTES_CONFIG), 1_048_576);
-    p.put(StreamsConfig.consumerPrefix(ConsumerConfig.MAX_POLL_RECORDS_CONFIG), eos ? 5_000 : 2_000);
+    p.put(
+        StreamsConfig.consumerPrefix(ConsumerConfig.MAX_PARTITION_FETCH_BYTES_CONFIG),
+        eos ? 8_388_608 : 1_048_576);
+    p.put(StreamsConfig.consumerPrefix(ConsumerConfig.MAX_POLL_RECORDS_CONFIG), eos ? 10_000 : 2_000);
     p.put(StreamsConfig.consumerPrefix(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG), "earliest");
     // The worker's producer: idempotent, acks=all, batches of up to 1 MiB. Its linger is 0
     // because it hands a whole batch over at once; a record-at-a-time producer needs a few ms
