@@ -89,7 +89,8 @@ class KafkaSettings(BaseModel):
         description=f"The most bytes one fetch returns from one partition. Unset: "
         f"{PARTITION_FETCH_BYTES:,}, or {EXACTLY_ONCE_PARTITION_FETCH_BYTES:,} under "
         "exactly-once, where what a batch holds of a partition (at most one fetch of it) is one "
-        "transaction: larger fetches, fewer transactions.",
+        "transaction: larger fetches, fewer transactions, for more memory (up to this much per "
+        "partition fetched and not yet processed).",
     )
     linger_ms: StrictInt = Field(0, ge=0)
     """How long the producer waits for more records before sending. 0: send at once, since the
