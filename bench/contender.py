@@ -235,7 +235,7 @@ async def _throughput(
     admin = AIOKafkaAdminClient(bootstrap_servers=run.bootstrap)
     await admin.start()
     firsts: list[dict[str, Any] | None] = [None] * len(procs)
-    rss_tenth: float | None = None
+    rss = measure.RssWindows(total)
     last_done, last_move = -1, time.monotonic()
     try:
         while True:
@@ -253,8 +253,7 @@ async def _throughput(
                     raise Unavailable(f"exited with status {proc.returncode}: {_tail(log_path)}")
             done = measure.progress(await measure.committed(admin, spec["group"]), run.ends)
             mem = _memory(procs)
-            if rss_tenth is None and done >= total / 10:
-                rss_tenth = mem["VmRSS"]
+            rss.add(done, mem["VmRSS"])
             if done >= total:
                 finished = time.time()
                 cpu_end = [measure.cpu_seconds(p.pid) for p in procs]
@@ -299,9 +298,9 @@ async def _throughput(
         "cpu_us_per_event": round(1e6 * cpu / total, 2),
         "cpu_cores": cores,
         "peak_rss_mb": round(mem["VmHWM"], 1),
-        "rss_mb_at_10pct": round(rss_tenth or mem["VmRSS"], 1),
-        "rss_mb_at_end": round(mem["VmRSS"], 1),
-        "rss_growth": round(mem["VmRSS"] / (rss_tenth or mem["VmRSS"]) - 1, 4),
+        "rss_mb_first_tenth": round(rss.first, 1),
+        "rss_mb_last_tenth": round(rss.last, 1),
+        "rss_growth": round(rss.growth(), 4),
     }
 
 

@@ -20,7 +20,6 @@ go to the dead-letter topic unchanged, with the worker's reason in a ``dlq.reaso
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from typing import Any
@@ -30,69 +29,11 @@ from aiokafka import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 
+from bench.refusals import Refused, decode
 from bench.spec import FirstConsumed, Spec
 
 WORKER_VERSION = "faststream-bench"
-_NUMBER_OR_NULL = {float, int, type(None)}
 TUNED_BATCH = 2_000  # the worker's processing.batch_records under at-least-once
-
-
-class Refused(Exception):
-    """The record goes to the dead-letter topic; ``args[0]`` is the worker's reason code."""
-
-
-def _unreadable(raw: bytes) -> str:
-    """Why orjson refused ``raw``, in the worker's terms (``worker.core.events``)."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return "not_utf8"
-
-    def refuse(_token: str) -> float:
-        raise Refused("non_finite_number")
-
-    def checked(token: str) -> float:
-        if math.isinf(value := float(token)):
-            raise Refused("non_finite_number")
-        return value
-
-    try:
-        json.loads(text, parse_constant=refuse, parse_float=checked, parse_int=checked)
-    except Refused as exc:
-        return str(exc.args[0])
-    except ValueError:
-        pass
-    return "not_json"
-
-
-def _decode(raw: bytes | None) -> dict[str, Any]:
-    """The event, checked field by field in the order the worker's event model does."""
-    if raw is None:
-        raise Refused("not_json")
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise Refused(_unreadable(raw)) from None
-    if not isinstance(doc, dict):
-        raise Refused("not_object")
-    ident, logits, labels = doc.get("id"), doc.get("logits"), doc.get("labels")
-    if ident is None:
-        raise Refused("missing_field")
-    if not isinstance(ident, str):
-        raise Refused("wrong_type")
-    if logits is None:
-        raise Refused("missing_field")
-    # bool is an int to Python, not a number to the worker: set(map(type)) tells them apart.
-    if not isinstance(logits, list) or not set(map(type, logits)) <= _NUMBER_OR_NULL:
-        raise Refused("wrong_type")
-    if len(logits) < 2:
-        raise Refused("too_few_classes")
-    if labels is not None:
-        if not isinstance(labels, list) or not all(isinstance(s, str) for s in labels):
-            raise Refused("wrong_type")
-        if len(labels) != len(logits):
-            raise Refused("labels_length_mismatch")
-    return doc
 
 
 def make_scorer(policy: dict[str, Any]) -> Any:
@@ -104,7 +45,7 @@ def make_scorer(policy: dict[str, Any]) -> Any:
 
     def score(record: ConsumerRecord) -> tuple[str, bytes]:
         """(routed | escalated, output value); Refused for a dead letter."""
-        doc = _decode(record.value)
+        doc = decode(record.value)
         event_labels = doc.get("labels")
         if event_labels is None and topic_labels and len(topic_labels) != len(doc["logits"]):
             raise Refused("topic_labels_mismatch")

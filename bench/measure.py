@@ -64,6 +64,31 @@ def memory_mb(pid: int) -> dict[str, float]:
     return out
 
 
+class RssWindows:
+    """Resident memory early and late in a phase: the highest ``VmRSS`` polled over its first
+    tenth of the events (up to the first poll at 10 % or more) and over its last tenth (from
+    the first poll at 90 %). Peaks of windows, not two instants: with batches in flight the RSS
+    of one poll moves by a fifth either way, and a leak shows as the late window's peak above
+    the early one's."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.first = 0.0
+        self.last = 0.0
+        self._first_open = True
+
+    def add(self, done: int, rss_mb: float) -> None:
+        if self._first_open:
+            self.first = max(self.first, rss_mb)
+            self._first_open = done < self.total / 10
+        if done >= self.total * 0.9:
+            self.last = max(self.last, rss_mb)
+
+    def growth(self) -> float:
+        """The late window's peak over the early one's, minus 1."""
+        return self.last / self.first - 1 if self.first else 0.0
+
+
 async def committed(client: AIOKafkaAdminClient, group: str) -> dict[TopicPartition, int]:
     """The group's committed offsets; none while its coordinator is not there yet (a fresh
     broker creates ``__consumer_offsets`` on the first group's request)."""

@@ -1,11 +1,12 @@
 """The same job written as a typical Quix Streams 3.x application, for comparison.
 
 One ``StreamingDataFrame`` per input topic: read the value as bytes, decode it with orjson,
-check it, score it one message at a time in plain Python (``math.exp`` over a list is faster
-than numpy for vectors of 3 to 100 classes, one at a time), and produce it to the routed,
-escalated or dead-letter topic chosen per message. Dead-letter records keep the value byte
-for byte and get the reason in a header. Quix's defaults are kept (at-least-once, its
-producer and consumer settings, its commit interval unless the bench is told otherwise).
+check it as the worker does (``bench.refusals``), score it one message at a time in plain
+Python (``math.exp`` over a list is faster than numpy for vectors of 3 to 100 classes, one at
+a time), and produce it to the routed, escalated or dead-letter topic chosen per message.
+Dead-letter records keep the value byte for byte and get the reason in a header. Quix's
+defaults are kept (at-least-once, its producer and consumer settings, its commit interval
+unless the bench is told otherwise).
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-import orjson
 from quixstreams import Application, message_context
 from quixstreams.models.serializers import SerializationContext, Serializer
 
+from bench.refusals import Refused, decode
 from bench.spec import FirstConsumed, Spec
 
 WORKER_VERSION = "quix-bench"
-_NUMBER_OR_NULL = {float, int, type(None)}
 
 
 class Dead(NamedTuple):
@@ -36,26 +36,6 @@ class DeadSerializer(Serializer):
         return raw
 
 
-def _check(doc: Any) -> str | None:
-    if not isinstance(doc, dict):
-        return "not_object"
-    if doc.get("id") is None or doc.get("logits") is None:
-        return "missing_field"
-    logits = doc["logits"]
-    if not isinstance(doc["id"], str) or not isinstance(logits, list):
-        return "wrong_type"
-    if not set(map(type, logits)) <= _NUMBER_OR_NULL:
-        return "wrong_type"
-    if len(logits) < 2:
-        return "too_few_classes"
-    labels = doc.get("labels")
-    if labels is not None and len(labels) != len(logits):
-        return "labels_length_mismatch"
-    if logits.count(None) == len(logits):
-        return "no_finite_logit"
-    return None
-
-
 def make_scorer(policy: dict[str, Any], first: FirstConsumed) -> Any:
     temperature = float(policy["temperature"])
     min_margin = float(policy["min_margin"])
@@ -67,14 +47,15 @@ def make_scorer(policy: dict[str, Any], first: FirstConsumed) -> Any:
         if not first.done:
             first()
         try:
-            doc: dict[str, Any] = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            return Dead(value, "not_json")
-        problem = _check(doc)
-        if problem is not None:
-            return Dead(value, problem)
+            doc = decode(value)
+        except Refused as exc:
+            return Dead(value, exc.args[0])
+        if doc.get("labels") is None and topic_labels and len(topic_labels) != len(doc["logits"]):
+            return Dead(value, "topic_labels_mismatch")
         xs = [-math.inf if x is None else float(x) for x in doc["logits"]]
         top = max(xs)
+        if top == -math.inf:
+            return Dead(value, "no_finite_logit")
         z = [(x - top) / temperature for x in xs]
         e = [math.exp(v) for v in z]
         total = math.fsum(e)

@@ -26,7 +26,7 @@ from worker.stream import admin
 
 pytestmark = pytest.mark.integration
 
-PEERS = ("kstreams", "kstreams_eos", "faststream", "faststream_tuned")
+PEERS = ("quix", "kstreams", "kstreams_eos", "faststream", "faststream_tuned")
 PER_TOPIC = 1000
 MALFORMED_RATE = 0.1  # five times the benchmark's, so that every reason turns up
 # exp() in the JVM and in C may differ in the last bit; the sums are both correctly rounded.

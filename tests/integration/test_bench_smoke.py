@@ -76,7 +76,7 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path
         assert r["exit_code"] == 0, name
         assert r["transactional_outputs"] is (name in ("worker_eos", "kstreams_eos"))
         assert r["events_per_s"] > 0 and r["cpu_s"] >= 0 and r["peak_rss_mb"] > 0
-        assert r["rss_mb_at_10pct"] > 0 and r["rss_mb_at_end"] > 0
+        assert r["rss_mb_first_tenth"] > 0 and r["rss_mb_last_tenth"] > 0
         # The throughput phase's CPU in cores; the broker's only when it is the bench's own.
         assert set(r["cpu_cores"]) == {"contender"}, name
         # cpu_s is rounded to 0.01 s and seconds to 1 ms: on a tiny run that moves the ratio.
