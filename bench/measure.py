@@ -67,9 +67,9 @@ def memory_mb(pid: int) -> dict[str, float]:
 class RssWindows:
     """Resident memory early and late in a phase: the highest ``VmRSS`` polled over its first
     tenth of the events (up to the first poll at 10 % or more) and over its last tenth (from
-    the first poll at 90 %). Peaks of windows, not two instants: with batches in flight the RSS
-    of one poll moves by a fifth either way, and a leak shows as the late window's peak above
-    the early one's."""
+    the first poll at 90 %). Peaks of windows, not two instants: with batches in flight one
+    poll's RSS moves more than the target allows (docs/performance.md), and a leak shows as the
+    late window's peak above the early one's."""
 
     def __init__(self, total: int) -> None:
         self.total = total
