@@ -3,6 +3,7 @@
 //! (`worker/core/records.py`, `worker/core/routing.py`). `worker/core/native.py` is the only caller.
 
 mod batch;
+mod fetch;
 mod job;
 mod json;
 mod score;
@@ -15,7 +16,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 /// A value each record gives its output, named as the output schema's field it fills.
 #[derive(Clone, Copy)]
@@ -361,6 +362,51 @@ fn partition_index(key: &[u8], partitions: u32) -> u32 {
     positive_murmur2(key) % partitions
 }
 
+/// Outputs (tuples whose first two items are the topic and the key) by `(topic, partition)`,
+/// each partition's in the order given, the partition picked as `partition_index` picks it
+/// among `partitions[topic]` (sorted ids); `None` when an output has no key (the partitioner
+/// picks such a partition at random) or a topic is not in `partitions`.
+#[pyfunction]
+fn partition_slots<'py>(
+    py: Python<'py>,
+    outputs: &Bound<'py, PyList>,
+    partitions: &Bound<'py, PyDict>,
+) -> PyResult<Option<Bound<'py, PyDict>>> {
+    let slots = PyDict::new(py);
+    // The last topic seen and its partitions: outputs of one topic tend to come in runs.
+    let mut last: Option<(Bound<'py, PyAny>, Bound<'py, PyList>)> = None;
+    for output in outputs.iter() {
+        let output = output.cast_into::<PyTuple>()?;
+        let topic = output.get_item(0)?;
+        let key = output.get_item(1)?;
+        let Ok(key) = key.cast::<PyBytes>() else {
+            return Ok(None);
+        };
+        let known = match &last {
+            Some((t, known)) if t.is(&topic) => known.clone(),
+            _ => {
+                let Some(known) = partitions.get_item(&topic)? else {
+                    return Ok(None);
+                };
+                let known = known.cast_into::<PyList>()?;
+                last = Some((topic.clone(), known.clone()));
+                known
+            }
+        };
+        let n = known.len() as u32;
+        if n == 0 {
+            return Ok(None);
+        }
+        let partition = known.get_item(partition_index(key.as_bytes(), n) as usize)?;
+        let slot = (topic, partition).into_pyobject(py)?;
+        match slots.get_item(&slot)? {
+            Some(held) => held.cast_into::<PyList>()?.append(output)?,
+            None => slots.set_item(slot, PyList::new(py, [output])?)?,
+        }
+    }
+    Ok(Some(slots))
+}
+
 /// murmur2 with the sign bit cleared, as Kafka's partitioner and the audit sample read it.
 fn positive_murmur2(data: &[u8]) -> u32 {
     murmur2(data) & 0x7fff_ffff
@@ -416,7 +462,9 @@ fn logit_router_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<job::RouteJob>()?;
     m.add_function(wrap_pyfunction!(route_many, m)?)?;
     m.add_function(wrap_pyfunction!(partition_index, m)?)?;
+    m.add_function(wrap_pyfunction!(partition_slots, m)?)?;
     m.add_function(wrap_pyfunction!(batch::batches_crc_ok, m)?)?;
+    m.add_function(wrap_pyfunction!(fetch::unpack_batches, m)?)?;
     m.add_function(wrap_pyfunction!(fsum, m)?)?;
     m.add_function(wrap_pyfunction!(format_float, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -1,12 +1,15 @@
 """Fetched records unpacked the worker's way (``worker.stream.fetched``): the same records, field
-for field, as aiokafka's own unpacking hands out, and a corrupt batch still refused with
-aiokafka's ``CorruptRecordException``, whichever byte of it is wrong.
+for field, as aiokafka's own unpacking hands out (keys, values and headers of any kind,
+transactions committed and aborted, control batches, a fetch offset inside a batch, log-append
+time, compressed batches left to aiokafka), the same positions whatever ``getmany`` takes at a
+time, and a corrupt batch still refused with aiokafka's ``CorruptRecordException``, whichever
+byte of it is wrong.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import astuple
 from typing import Any
 
@@ -15,7 +18,9 @@ import aiokafka.consumer.fetcher as fetcher
 import pytest
 from aiokafka.errors import CorruptRecordException
 from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -54,14 +59,80 @@ def fetch_bytes(batches: int, per_batch: int) -> bytes:
 AIOKAFKA_PARTITION_RECORDS = unpacking._PartitionRecords.__mro__[1]
 
 
-def unpacked(buffer: bytes, *, ours: bool) -> list[Any]:
+def unpacked(
+    buffer: bytes,
+    *,
+    ours: bool,
+    aborted: list[tuple[int, int]] | None = None,
+    fetch_offset: int = 0,
+    isolation: int = READ_COMMITTED,
+) -> list[Any]:
+    return list(partition_records(buffer, ours, aborted or [], fetch_offset, isolation))
+
+
+def partition_records(
+    buffer: bytes, ours: bool, aborted: list[tuple[int, int]], fetch_offset: int, isolation: int
+) -> Any:
     memory, partition = (
         (unpacking._CheckedRecords, unpacking._PartitionRecords)
         if ours
         else (MemoryRecords, AIOKAFKA_PARTITION_RECORDS)
     )
-    records: Iterator[Any] = partition(TP, memory(buffer), [], 0, None, None, True, READ_COMMITTED)
-    return list(records)
+    records: Iterator[Any] = partition(
+        TP, memory(buffer), aborted, fetch_offset, None, None, True, isolation
+    )
+    return records
+
+
+Headers = list[tuple[str, bytes | None]]
+Rec = tuple[bytes | None, bytes | None, Headers]
+
+
+def batch(
+    base_offset: int,
+    records: Sequence[Rec],
+    *,
+    producer_id: int = -1,
+    transactional: bool = False,
+    control: bool = False,
+    log_append_time: int | None = None,
+    compression: int = 0,
+) -> bytes:
+    """One record batch as a broker returns it: at its base offset, with the flags asked."""
+    b = DefaultRecordBatchBuilder(2, compression, int(transactional), producer_id, 0, 0, 1 << 20)
+    for i, (key, value, headers) in enumerate(records):
+        b.append(i, 1_764_000_000_000 + 7 * i, key, value, headers)
+    built = bytearray(b.build())
+    built[:8] = base_offset.to_bytes(8, "big")
+    attributes = int.from_bytes(built[21:23], "big")
+    if control:
+        attributes |= 0x20
+    if log_append_time is not None:
+        attributes |= 0x08
+        built[35:43] = log_append_time.to_bytes(8, "big")
+    built[21:23] = attributes.to_bytes(2, "big")
+    built[17:21] = calc_crc32c(bytes(built[21:])).to_bytes(4, "big")
+    return bytes(built)
+
+
+def marker(base_offset: int, producer_id: int, *, commit: bool) -> bytes:
+    """A transaction's end, as the broker writes it: a control batch of one record."""
+    key = (0).to_bytes(2, "big") + int(commit).to_bytes(2, "big")
+    record: Rec = (key, b"\x00\x00\x00\x00\x00\x00", [])
+    return batch(base_offset, [record], producer_id=producer_id, transactional=True, control=True)
+
+
+def compiled_path(buffer: bytes) -> bool:
+    """Whether the compiled module unpacks ``buffer`` (else aiokafka's generator does)."""
+    records = partition_records(buffer, True, [], 0, READ_COMMITTED)
+    return getattr(records, "_ready", None) is not None
+
+
+def same_as_aiokafka(buffer: bytes, **how: Any) -> list[Any]:
+    ours = unpacked(buffer, ours=True, **how)
+    assert ours == [astuple(r) for r in unpacked(buffer, ours=False, **how)]
+    assert all(type(r) is unpacking.FetchedRecord for r in ours)
+    return ours
 
 
 def test_the_same_records_as_aiokafka_hands_out() -> None:
@@ -98,7 +169,9 @@ def test_a_corrupt_batch_is_refused_as_before(data: st.DataObject) -> None:
 def test_install_makes_the_fetcher_use_them(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fetcher, "MemoryRecords", fetcher.MemoryRecords)
     monkeypatch.setattr(fetcher, "PartitionRecords", fetcher.PartitionRecords)
+    monkeypatch.setattr(fetcher, "FetchResult", fetcher.FetchResult)
     assert unpacking.install()
+    assert fetcher.FetchResult is unpacking._FetchResult
     buffer = bytearray(fetch_bytes(batches=2, per_batch=3))
     assert fetcher.MemoryRecords(bytes(buffer)).verified
     buffer[-1] ^= 1
@@ -113,6 +186,7 @@ def test_another_aiokafka_release_keeps_its_own_unpacking(monkeypatch: pytest.Mo
     original = AIOKAFKA_PARTITION_RECORDS
     monkeypatch.setattr(fetcher, "MemoryRecords", MemoryRecords)
     monkeypatch.setattr(fetcher, "PartitionRecords", original)
+    monkeypatch.setattr(fetcher, "FetchResult", unpacking._FetchResult.__mro__[1])
     monkeypatch.setattr(aiokafka, "__version__", "0.15.0")
     assert not unpacking.install()
     assert fetcher.PartitionRecords is original
@@ -121,3 +195,94 @@ def test_another_aiokafka_release_keeps_its_own_unpacking(monkeypatch: pytest.Mo
     monkeypatch.setattr(original, "_consumer_record", None)  # an internal renamed or gone
     assert not unpacking.install()
     assert fetcher.PartitionRecords is original
+
+
+def test_keys_values_and_headers_of_every_kind() -> None:
+    records: list[Rec] = [
+        (None, b"v", []),
+        (b"k", None, [("h", None)]),
+        (b"", b"", [("", b""), ("caf\u00e9", b"\xff\x00"), ("h", b"x" * 300)]),
+        (b"k" * 200, b"v" * 70_000, [("trace", b"t")] * 3),
+    ]
+    buffer = batch(40, records) + batch(44, records[:1])
+    assert compiled_path(buffer)
+    ours = same_as_aiokafka(buffer)
+    assert [r.offset for r in ours] == [40, 41, 42, 43, 44]
+    assert ours[1].key == b"k" and ours[1].value is None and ours[1].serialized_value_size == -1
+    assert ours[2].headers == (("", b""), ("caf\u00e9", b"\xff\x00"), ("h", b"x" * 300))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.none() | st.binary(max_size=40),
+                st.none() | st.binary(max_size=400),
+                st.lists(st.tuples(st.text(max_size=8), st.none() | st.binary(max_size=8))),
+            ),
+            min_size=1,
+            max_size=8,
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.integers(0, 40),
+)
+def test_any_records_unpack_as_aiokafka_unpacks_them(
+    batches: list[list[Rec]],
+    fetch_offset: int,
+) -> None:
+    buffer, base = b"", 0
+    for records in batches:
+        buffer += batch(base, records)
+        base += len(records) + 1  # a gap, as compaction leaves
+    same_as_aiokafka(buffer)
+    same_as_aiokafka(buffer, fetch_offset=fetch_offset)  # records before it are skipped
+
+
+def test_transactions_aborted_and_committed_under_read_committed() -> None:
+    one: list[Rec] = [(b"k", b"v", [])] * 3
+    buffer = (
+        batch(0, one, producer_id=7, transactional=True)  # aborted below
+        + batch(3, one, producer_id=8, transactional=True)  # committed below
+        + marker(6, 7, commit=False)
+        + marker(7, 8, commit=True)
+        + batch(8, one, producer_id=9)  # idempotent, not transactional
+        + batch(11, one, producer_id=7, transactional=True)  # a later transaction, kept
+    )
+    aborted = [(7, 0)]
+    assert compiled_path(buffer)
+    ours = same_as_aiokafka(buffer, aborted=aborted)
+    assert [r.offset for r in ours] == [3, 4, 5, 8, 9, 10, 11, 12, 13]
+    # Read uncommitted, only the control batches are left out.
+    uncommitted = same_as_aiokafka(buffer, aborted=aborted, isolation=0)
+    assert len(uncommitted) == 12
+
+
+def test_log_append_time_and_compressed_batches() -> None:
+    plain = batch(0, [(b"k", b"v", [])] * 2, log_append_time=1_765_000_000_123)
+    assert [r.timestamp for r in same_as_aiokafka(plain)] == [1_765_000_000_123] * 2
+    assert [r.timestamp_type for r in same_as_aiokafka(plain)] == [1, 1]
+    gzip = 1
+    compressed = plain + batch(2, [(b"k", b"v" * 100, [])] * 3, compression=gzip)
+    assert not compiled_path(compressed)  # aiokafka decompresses it
+    assert len(same_as_aiokafka(compressed)) == 5
+
+
+def test_positions_follow_what_each_take_returns() -> None:
+    buffer = batch(0, [(b"k", b"v", [])] * 5) + marker(5, 3, commit=True)
+    buffer += batch(6, [(b"k", b"v", [])] * 4)
+    ours = partition_records(buffer, True, [], 0, READ_COMMITTED)
+    theirs = partition_records(buffer, False, [], 0, READ_COMMITTED)
+    assert isinstance(ours, unpacking._PartitionRecords)
+    taken, exhausted = ours.take(3)
+    assert [r.offset for r in taken] == [0, 1, 2] and not exhausted
+    assert ours.next_fetch_offset == 3
+    assert next(ours).offset == 3  # one at a time, as ``getone`` takes them
+    assert ours.next_fetch_offset == 4
+    taken, exhausted = ours.take(None)
+    assert [r.offset for r in taken] == [4, 6, 7, 8, 9] and exhausted
+    list(theirs)
+    assert ours.next_fetch_offset == theirs.next_fetch_offset == 10
+    assert ours.take(5) == ([], True)

@@ -371,6 +371,28 @@ def test_keys_land_on_the_partition_the_default_partitioner_picks(key: bytes, n:
     assert ext.partition_index(key, n) == (murmur2(key) & 0x7FFFFFFF) % n
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.binary(max_size=12)), max_size=60),
+    st.lists(st.integers(0, 99), min_size=1, max_size=7, unique=True),
+)
+def test_outputs_are_slotted_by_partition_in_order(
+    outputs: list[tuple[str, bytes]], ids: list[int]
+) -> None:
+    partitions = {"a": sorted(ids), "b": [4], "c": sorted(ids)[:1]}
+    expected: dict[tuple[str, int], list[tuple[str, bytes]]] = {}
+    for o in outputs:
+        known = partitions[o[0]]
+        expected.setdefault((o[0], known[(murmur2(o[1]) & 0x7FFFFFFF) % len(known)]), []).append(o)
+    assert ext.partition_slots(outputs, partitions) == expected
+
+
+def test_outputs_without_a_key_or_known_partitions_are_left_to_python() -> None:
+    assert ext.partition_slots([("a", b"k"), ("a", None)], {"a": [0, 1]}) is None
+    assert ext.partition_slots([("a", b"k"), ("b", b"k")], {"a": [0, 1]}) is None
+    assert ext.partition_slots([], {}) == {}
+
+
 def test_a_slice_needs_one_of_everything_per_record() -> None:
     topic = FAST.native_topics["cold"]  # type: ignore[index]
     with pytest.raises(ValueError, match="unequal length"):

@@ -50,9 +50,18 @@ route_many: RouteMany | None = _ext.route_many if _ext is not None else None
 partition_index: Callable[[bytes, int], int] | None = (
     _ext.partition_index if _ext is not None else None
 )
+# Outputs by (topic, partition) as that partitioner places them, given each topic's sorted
+# partitions; None where an output has no key or a topic is not given (``worker.stream.publish``).
+partition_slots: (
+    Callable[[list[Any], dict[str, list[int]]], dict[tuple[str, int], list[Any]] | None] | None
+) = _ext.partition_slots if _ext is not None else None
 # Whether every complete v2 record batch of fetched bytes has the right checksum
 # (``worker.stream.fetched``).
 batches_crc_ok: Callable[[bytes], bool] | None = _ext.batches_crc_ok if _ext is not None else None
+# Fetched bytes unpacked whole: per batch its offsets, flags and records, or None where aiokafka
+# must unpack them (``worker.stream.fetched``).
+UnpackBatches = Callable[[bytes, type, str, int], list[tuple[Any, ...]] | None]
+unpack_batches: UnpackBatches | None = _ext.unpack_batches if _ext is not None else None
 # A Kafka record batch filled from outputs in one call (``worker.stream.publish``).
 RecordBatch: type[_RecordBatch] | None = _ext.RecordBatch if _ext is not None else None
 # ``route_many`` on the compiled module's two routing threads, for the event loop to go on

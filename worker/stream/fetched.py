@@ -11,8 +11,15 @@ so a corrupt batch raises aiokafka's ``CorruptRecordException`` from ``getmany``
 Each record is then a ``FetchedRecord``: the fields of a ``ConsumerRecord``, in its order,
 as a named tuple made in C.
 
-aiokafka has no hook for either: ``install`` replaces the two names its fetcher module builds
-fetched partitions from, with subclasses that change nothing else.
+Where a partition's buffer was verified and holds only uncompressed v2 batches, the compiled
+module also unpacks it whole (``unpack_batches``): per batch the offsets and flags aiokafka's
+fetcher decides on, and its records as ``FetchedRecord``s, made in C. The batches then go through
+aiokafka's own rules here (control batches, aborted transactions under ``read_committed``,
+records before the fetch offset), and ``getmany`` takes its records as list slices, where
+aiokafka runs a generator and a Python call per record. Any other buffer is unpacked by aiokafka.
+
+aiokafka has no hook for any of this: ``install`` replaces the three names its fetcher module
+builds fetched partitions from, with subclasses that change nothing else.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import aiokafka.consumer.fetcher as _fetcher
+from aiokafka.record.control_record import ABORT_MARKER, ControlRecord
 from aiokafka.record.memory_records import MemoryRecords
 
 from worker.core import native
@@ -52,11 +60,13 @@ class _CheckedRecords(MemoryRecords):  # type: ignore[misc]  # aiokafka is untyp
         super().__init__(buffer)
         check = native.batches_crc_ok
         self.verified = check is not None and check(buffer)
+        self.buffer = buffer
 
 
 class _PartitionRecords(_fetcher.PartitionRecords):  # type: ignore[misc]
     """aiokafka's, without its per-batch check where the whole buffer was verified already,
-    and with ``FetchedRecord``s where no deserializer is set (the worker sets none)."""
+    and with ``FetchedRecord``s where no deserializer is set (the worker sets none); unpacked
+    by the compiled module where it can (``_ready``), else by aiokafka's generator."""
 
     def __init__(
         self,
@@ -71,10 +81,104 @@ class _PartitionRecords(_fetcher.PartitionRecords):  # type: ignore[misc]
         super().__init__(
             tp, records, aborted, fetch_offset, key_deserializer, value_deserializer, *args
         )
-        if getattr(records, "verified", False):
-            self._check_crcs = False
-        if key_deserializer is None and value_deserializer is None:
+        self._ready: list[FetchedRecord] | None = None  # None: aiokafka's generator unpacks
+        self._taken = 0
+        self._final_offset = fetch_offset
+        plain = key_deserializer is None and value_deserializer is None
+        if plain:
             self._consumer_record = _fetched_record
+        if not getattr(records, "verified", False):
+            return
+        self._check_crcs = False
+        unpack = native.unpack_batches
+        if plain and unpack is not None:
+            batches = unpack(records.buffer, FetchedRecord, *tp)
+            if batches is not None:
+                self._ready = self._kept(batches)
+
+    def _kept(self, batches: list[Any]) -> list[FetchedRecord] | None:
+        """The records aiokafka's ``_unpack_records`` would hand out, in order, the fetch offset
+        after them all in ``_final_offset``; ``None`` (aiokafka's generator then unpacks) where
+        a control batch is not one it reads, for aiokafka to raise what it raises."""
+        read_committed = self._isolation_level == _fetcher.READ_COMMITTED
+        markers = [
+            read_committed and control and _aborts(records) for *_, control, _, records in batches
+        ]
+        if None in markers:
+            return None
+        kept: list[FetchedRecord] = []
+        next_offset = self.next_fetch_offset
+        for (base_offset, batch_end, producer_id, control, transactional, records), abort in zip(
+            batches, markers, strict=True
+        ):
+            if read_committed:  # a v2 batch always has a producer id (-1 for none)
+                self._consume_aborted_up_to(base_offset)
+                if abort:
+                    self._aborted_producers.discard(producer_id)
+                if transactional and producer_id in self._aborted_producers:
+                    next_offset = batch_end
+                    continue
+            if control:
+                next_offset = batch_end
+                continue
+            if records and records[0].offset < next_offset:
+                records = [r for r in records if r.offset >= next_offset]
+            kept += records
+            next_offset = batch_end
+        self._final_offset = next_offset
+        return kept
+
+    def take(self, max_records: int | None) -> tuple[list[FetchedRecord], bool]:
+        """Up to ``max_records`` records from the unpacked ones (all of them for ``None``),
+        and whether none is left; ``next_fetch_offset`` follows the last one taken."""
+        ready = self._ready
+        assert ready is not None  # noqa: S101 - only called on the compiled path
+        start = self._taken
+        end = len(ready) if max_records is None else min(len(ready), start + max(max_records, 1))
+        self._taken = end
+        if end < len(ready):
+            self.next_fetch_offset = ready[end - 1].offset + 1
+            return ready[start:end], False
+        self.next_fetch_offset = self._final_offset
+        self._ready = []  # the records go with the caller
+        self._taken = 0
+        return ready[start:] if start else ready, True
+
+    def __next__(self) -> Any:
+        if self._ready is None:
+            return super().__next__()
+        taken, _ = self.take(1)
+        if not taken:
+            raise StopIteration
+        return taken[0]
+
+
+class _FetchResult(_fetcher.FetchResult):  # type: ignore[misc]
+    """aiokafka's, taking a partition's records as list slices where they were unpacked by
+    the compiled module (``_PartitionRecords.take``)."""
+
+    _partition_records: Any  # set by aiokafka's ``__init__``
+
+    def getall(self, max_records: int | None = None) -> list[Any]:
+        records = self._partition_records
+        if type(records) is not _PartitionRecords or records._ready is None:
+            return super().getall(max_records)  # type: ignore[no-any-return]
+        if not self.check_assignment(self._topic_partition) or not self.has_more():
+            return []
+        taken, exhausted = records.take(max_records)
+        self._update_position()
+        if exhausted:
+            self._partition_records = None
+        return taken
+
+
+def _aborts(control: list[FetchedRecord]) -> bool | None:
+    """Whether a control batch is an abort marker, as aiokafka's fetcher reads it; ``None``
+    where aiokafka would raise (no record, or a key that is not a control record's)."""
+    try:
+        return bool(ControlRecord.parse(control[0].key) == ABORT_MARKER)
+    except Exception:  # noqa: BLE001 - aiokafka reads it again and raises its own error
+        return None
 
 
 def _fetched_record(tp: Any, record: Any) -> FetchedRecord:
@@ -107,9 +211,19 @@ _PARAMETERS = [
 def _fits(module: Any) -> bool:
     """Whether ``module`` (aiokafka's fetcher) has the internals the subclasses rely on."""
     parts: Any = getattr(module, "PartitionRecords", None)
+    result: Any = getattr(module, "FetchResult", None)
     return (
         has_parameters(getattr(parts, "__init__", None), _PARAMETERS)
-        and callable(getattr(parts, "_consumer_record", None))
+        and all(
+            callable(getattr(parts, name, None))
+            for name in ("_consumer_record", "_consume_aborted_up_to")
+        )
+        and has_parameters(getattr(result, "getall", None), ["self", "max_records"])
+        and all(
+            callable(getattr(result, name, None))
+            for name in ("check_assignment", "has_more", "_update_position")
+        )
+        and getattr(module, "READ_COMMITTED", None) == 1
         and getattr(module, "MemoryRecords", None) is MemoryRecords
     )
 
@@ -125,4 +239,5 @@ def install() -> bool:
         return False
     _fetcher.MemoryRecords = _CheckedRecords
     _fetcher.PartitionRecords = _PartitionRecords
+    _fetcher.FetchResult = _FetchResult  # its fetcher checks results by this name's identity
     return True

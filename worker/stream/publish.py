@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
@@ -32,6 +33,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from worker.core import native
 from worker.core.records import Outbound
 from worker.stream.limits import TopicLimit, record_size
+
+_TOPIC = attrgetter("topic")
 
 
 class Sent(NamedTuple):
@@ -94,8 +97,15 @@ class Publisher:
         self, outputs: Sequence[Outbound]
     ) -> dict[tuple[str, int], list[Outbound]]:
         """The outputs by (topic, partition), each partition's in the order given."""
-        partition_index = native.partition_index
         partitions: dict[str, list[int]] = {}
+        slot_outputs = native.partition_slots
+        if slot_outputs is not None:
+            for topic in set(map(_TOPIC, outputs)):
+                partitions[topic] = sorted(await self.producer.partitions_for(topic))
+            slotted = slot_outputs(list(outputs), partitions)
+            if slotted is not None:
+                return slotted
+        partition_index = native.partition_index
         slots: dict[tuple[str, int], list[Outbound]] = {}
         for o in outputs:
             topic = o.topic
