@@ -223,7 +223,9 @@ pub fn unpack_batches<'py>(
     partition: &Bound<'py, PyAny>,
 ) -> PyResult<Option<Bound<'py, PyList>>> {
     if !record_type.is_subclass_of::<PyTuple>()? {
-        return Err(pyo3::exceptions::PyTypeError::new_err("record_type must be a tuple type"));
+        return Err(pyo3::exceptions::PyTypeError::new_err(
+            "record_type must be a tuple type",
+        ));
     }
     let Some(parsed) = batches(buf) else {
         return Ok(None);
@@ -277,13 +279,19 @@ mod tests {
             (vec![0x01], -1),
             (vec![0x02], 1),
             (vec![0xac, 0x02], 150),
-            (vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], i64::MIN),
+            (
+                vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+                i64::MIN,
+            ),
         ] {
             let mut c = Cursor { buf: &bytes, at: 0 };
             assert_eq!(c.varint(), Some(v));
             assert_eq!(c.at, bytes.len());
         }
-        let mut c = Cursor { buf: &[0x80], at: 0 };
+        let mut c = Cursor {
+            buf: &[0x80],
+            at: 0,
+        };
         assert_eq!(c.varint(), None);
     }
 

@@ -3,6 +3,7 @@
 //! (`worker/core/records.py`, `worker/core/routing.py`). `worker/core/native.py` is the only caller.
 
 mod batch;
+mod columns;
 mod fetch;
 mod job;
 mod json;
@@ -15,8 +16,9 @@ mod score;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use pyo3::exceptions::PyValueError;
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 /// A value each record gives its output, named as the output schema's field it fills.
 #[derive(Clone, Copy)]
@@ -191,7 +193,7 @@ pub struct Routed {
 pub type RoutedTuple<'py> = (
     Bound<'py, PyBytes>,
     bool,
-    Option<&'static str>,
+    Option<Bound<'py, PyString>>,
     f64,
     f64,
     f64,
@@ -204,12 +206,22 @@ impl Routed {
         (
             PyBytes::new(py, &self.value),
             routed,
-            self.reason,
+            self.reason.map(|r| reason_text(py, r)),
             self.top1,
             self.margin,
             self.entropy,
             self.shadow_routed,
         )
+    }
+}
+
+/// A reason as one shared string per reason: the metrics group outputs by it, by identity first.
+fn reason_text<'py>(py: Python<'py>, reason: &'static str) -> Bound<'py, PyString> {
+    match reason {
+        "low_margin" => intern!(py, "low_margin").clone(),
+        "low_top1" => intern!(py, "low_top1").clone(),
+        "audit_sample" => intern!(py, "audit_sample").clone(),
+        other => PyString::new(py, other),
     }
 }
 
@@ -465,6 +477,7 @@ fn logit_router_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(partition_slots, m)?)?;
     m.add_function(wrap_pyfunction!(batch::batches_crc_ok, m)?)?;
     m.add_function(wrap_pyfunction!(fetch::unpack_batches, m)?)?;
+    m.add_function(wrap_pyfunction!(columns::output_columns, m)?)?;
     m.add_function(wrap_pyfunction!(fsum, m)?)?;
     m.add_function(wrap_pyfunction!(format_float, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -131,7 +132,16 @@ def test_label_sets_are_the_fixed_sets_the_code_produces() -> None:
     assert OTHER_REASON in DEAD_LETTER_REASONS
 
 
-def test_a_batch_is_counted_and_observed_as_it_was_decided() -> None:
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "attrgetter"])
+def test_a_batch_is_counted_and_observed_as_it_was_decided(
+    compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both ways of reading a batch's columns: the compiled module's pass, and Python's.
+    if compiled and native.output_columns is None:
+        assert os.environ.get("LOGIT_ROUTER_EXPECT_NATIVE") != "1", "the extension is missing"
+        pytest.skip("the compiled module is not installed")
+    if not compiled:
+        monkeypatch.setattr(native, "output_columns", None)
     registry = CollectorRegistry()
     s = settings()
     metrics = Metrics(s, registry)

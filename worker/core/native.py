@@ -55,6 +55,11 @@ partition_index: Callable[[bytes, int], int] | None = (
 partition_slots: (
     Callable[[list[Any], dict[str, list[int]]], dict[tuple[str, int], list[Any]] | None] | None
 ) = _ext.partition_slots if _ext is not None else None
+# What the metrics read of a batch of outputs, in one pass (``worker.observability.metrics``):
+# label sets with counts, source topics, then per output columns as bytes for numpy.
+output_columns: Callable[[list[Any]], tuple[Any, ...]] | None = (
+    _ext.output_columns if _ext is not None else None
+)
 # Whether every complete v2 record batch of fetched bytes has the right checksum
 # (``worker.stream.fetched``).
 batches_crc_ok: Callable[[bytes], bool] | None = _ext.batches_crc_ok if _ext is not None else None

@@ -241,18 +241,19 @@ class Metrics:
         """Count a batch whose outputs are acknowledged; observe scores and latency.
 
         No Python code runs per output: the label sets (topic, decision, reason, shadow) are
-        tallied and the columns read with ``attrgetter`` in C, every counter is added to once
-        per batch, and each topic's values go into the histograms as numpy arrays.
+        tallied and the columns read in one compiled pass (``_columns``), every counter is added
+        to once per batch, and each topic's values go into the histograms as numpy arrays.
         """
         now_ms = 1000 * (time.time() if acked_at is None else acked_at)
         n = len(outputs)
         if n == 0:
             return
+        labels, codes, stamps, scored, values, topic_order = _columns(outputs)
         decisions: Tally[tuple[str, str]] = Tally()
         escalations: Tally[tuple[str, str]] = Tally()
         dead: Tally[tuple[str, str]] = Tally()
         pairs: Tally[tuple[str, str, str]] = Tally()
-        for (topic, kind, reason, shadow), count in Tally(map(_LABELS, outputs)).items():
+        for (topic, kind, reason, shadow), count in labels.items():
             decisions[topic, kind] += count
             if kind == "dead_letter":
                 dead[topic, reason or OTHER_REASON] += count
@@ -273,22 +274,10 @@ class Metrics:
                 self._dead_letters.get((topic, reason)) or self._dead_letters[topic, OTHER_REASON]
             )
             child.inc(count)
-        # Each output's topic as a small integer, its timestamp, and its scores if it has any
-        # (a dead letter has none): (top1, margin, entropy) rows, as ``Summary`` orders them.
-        topics = list(map(_SOURCE_TOPIC, outputs))
-        index = {topic: i for i, topic in enumerate(dict.fromkeys(topics))}
-        codes = np.fromiter(map(index.__getitem__, topics), dtype=np.int64, count=n)
-        stamps = np.fromiter(map(_TIMESTAMP, outputs), dtype=np.float64, count=n)
-        summaries = list(map(_SCORES, outputs))
-        scored = np.fromiter(map(bool, summaries), dtype=np.bool_, count=n)
-        rows = int(scored.sum())
-        values = np.fromiter(
-            chain.from_iterable(filter(None, summaries)), dtype=np.float64, count=3 * rows
-        ).reshape(rows, 3)
         scored_codes = codes[scored]
         waited_s = np.maximum(now_ms - stamps, 0.0) / 1000
         stamped = stamps > 0
-        for topic, i in index.items():
+        for i, topic in enumerate(topic_order):
             mine = values[scored_codes == i]
             self.top1.observe_many(topic, mine[:, 0])
             self.margin.observe_many(topic, mine[:, 1])
@@ -307,3 +296,44 @@ class Metrics:
     def set_lag(self, topic: str, partition: int, lag: int) -> None:
         """Records between the next offset to process and the partition's end (never < 0)."""
         self.lag.labels(topic, str(partition)).set(max(0, lag))
+
+
+Columns = tuple[
+    dict[tuple[str, str, str | None, str | None], int],
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    list[str],
+]
+
+
+def _columns(outputs: Sequence[Outbound]) -> Columns:
+    """The label sets and their counts, each output's source topic as a small integer and its
+    timestamp, whether it has scores, the (top1, margin, entropy) rows of those that do (as
+    ``Summary`` orders them), and the source topics in order of first appearance. Read by the
+    compiled module in one pass where it is installed, else with ``attrgetter`` in C."""
+    read = native.output_columns
+    if read is not None:
+        label_rows, topic_order, codes, stamps, scored, values = read(list(outputs))
+        return (
+            {(t, kind, reason, shadow): count for t, kind, reason, shadow, count in label_rows},
+            np.frombuffer(codes, np.int64),
+            np.frombuffer(stamps, np.float64),
+            np.frombuffer(scored, np.bool_),
+            np.frombuffer(values, np.float64).reshape(-1, 3),
+            topic_order,
+        )
+    n = len(outputs)
+    labels = dict(Tally(map(_LABELS, outputs)))
+    topics = list(map(_SOURCE_TOPIC, outputs))
+    index = {topic: i for i, topic in enumerate(dict.fromkeys(topics))}
+    codes = np.fromiter(map(index.__getitem__, topics), dtype=np.int64, count=n)
+    stamps = np.fromiter(map(_TIMESTAMP, outputs), dtype=np.float64, count=n)
+    summaries = list(map(_SCORES, outputs))
+    scored = np.fromiter(map(bool, summaries), dtype=np.bool_, count=n)
+    rows = int(scored.sum())
+    values = np.fromiter(
+        chain.from_iterable(filter(None, summaries)), dtype=np.float64, count=3 * rows
+    ).reshape(rows, 3)
+    return labels, codes, stamps, scored, values, list(index)
