@@ -74,3 +74,9 @@ def output_columns(
 ) -> tuple[
     list[tuple[str, str, str | None, str | None, int]], list[str], bytes, bytes, bytes, bytes
 ]: ...
+def outbounds(
+    records: list[Any],
+    results: list[Any],
+    kinds: tuple[type, type, type],
+    texts: tuple[str, str, str, str],
+) -> list[Any]: ...

@@ -5,9 +5,10 @@
 //! Anything else (a compressed batch, an older format, bytes that do not parse) returns
 //! `None`, and aiokafka unpacks that buffer itself, raising what it raises.
 
-use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple, PyType};
+
+use crate::tuples::named;
 
 const LOG_OVERHEAD: usize = 12;
 const HEADER: usize = 61;
@@ -16,9 +17,6 @@ const COMPRESSION: i16 = 0x07;
 const LOG_APPEND_TIME: i16 = 0x08;
 const TRANSACTIONAL: i16 = 0x10;
 const CONTROL: i16 = 0x20;
-/// `FetchedRecord`'s fields: topic, partition, offset, timestamp, timestamp_type, key, value,
-/// checksum, serialized_key_size, serialized_value_size, headers.
-const FIELDS: isize = 11;
 
 struct Cursor<'a> {
     buf: &'a [u8],
@@ -177,38 +175,15 @@ fn batches(buf: &[u8]) -> Option<Vec<Batch<'_>>> {
     Some(out)
 }
 
-fn optional_bytes(py: Python<'_>, field: Option<&[u8]>) -> Py<PyAny> {
+fn optional_bytes<'py>(py: Python<'py>, field: Option<&[u8]>) -> Bound<'py, PyAny> {
     match field {
-        Some(b) => PyBytes::new(py, b).into_any().unbind(),
-        None => py.None(),
+        Some(b) => PyBytes::new(py, b).into_any(),
+        None => py.None().into_bound(py),
     }
 }
 
 fn size(field: Option<&[u8]>) -> i64 {
     field.map_or(-1, |b| b.len() as i64)
-}
-
-/// An instance of `record_type` (a named tuple of `FIELDS` fields) holding `items`, made as
-/// `tuple.__new__(record_type, items)` makes it, without the intermediate tuple.
-fn named<'py>(
-    py: Python<'py>,
-    record_type: &Bound<'py, PyType>,
-    items: [Py<PyAny>; FIELDS as usize],
-) -> PyResult<Bound<'py, PyAny>> {
-    unsafe {
-        let obj = ffi::PyType_GenericAlloc(record_type.as_ptr().cast(), FIELDS);
-        if obj.is_null() {
-            return Err(PyErr::fetch(py));
-        }
-        let obj = Bound::from_owned_ptr(py, obj);
-        for (i, item) in items.into_iter().enumerate() {
-            // Steals the reference; the new tuple has each slot empty.
-            if ffi::PyTuple_SetItem(obj.as_ptr(), i as isize, item.into_ptr()) != 0 {
-                return Err(PyErr::fetch(py));
-            }
-        }
-        Ok(obj)
-    }
 }
 
 /// Per complete batch of a fetched buffer: `(base_offset, next_offset, producer_id,
@@ -233,7 +208,7 @@ pub fn unpack_batches<'py>(
     let out = PyList::empty(py);
     for batch in parsed {
         let records = PyList::empty(py);
-        let timestamp_type = batch.timestamp_type.into_pyobject(py)?.into_any().unbind();
+        let timestamp_type = batch.timestamp_type.into_pyobject(py)?.into_any();
         for r in batch.records {
             let headers = PyTuple::new(
                 py,
@@ -242,17 +217,17 @@ pub fn unpack_batches<'py>(
                     .map(|(name, value)| (PyString::new(py, name), optional_bytes(py, *value))),
             )?;
             let items = [
-                topic.clone().into_any().unbind(),
-                partition.clone().unbind(),
-                r.offset.into_pyobject(py)?.into_any().unbind(),
-                r.timestamp.into_pyobject(py)?.into_any().unbind(),
-                timestamp_type.clone_ref(py),
+                topic.clone().into_any(),
+                partition.clone(),
+                r.offset.into_pyobject(py)?.into_any(),
+                r.timestamp.into_pyobject(py)?.into_any(),
+                timestamp_type.clone(),
                 optional_bytes(py, r.key),
                 optional_bytes(py, r.value),
-                py.None(),
-                size(r.key).into_pyobject(py)?.into_any().unbind(),
-                size(r.value).into_pyobject(py)?.into_any().unbind(),
-                headers.into_any().unbind(),
+                py.None().into_bound(py),
+                size(r.key).into_pyobject(py)?.into_any(),
+                size(r.value).into_pyobject(py)?.into_any(),
+                headers.into_any(),
             ];
             records.append(named(py, record_type, items)?)?;
         }

@@ -7,7 +7,9 @@ mod columns;
 mod fetch;
 mod job;
 mod json;
+mod outputs;
 mod score;
+mod tuples;
 
 // Outputs are built on the routing threads and freed on the event loop's. glibc's malloc locks
 // the building thread's arena for each such free, and the two threads waited on each other;
@@ -478,6 +480,7 @@ fn logit_router_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(batch::batches_crc_ok, m)?)?;
     m.add_function(wrap_pyfunction!(fetch::unpack_batches, m)?)?;
     m.add_function(wrap_pyfunction!(columns::output_columns, m)?)?;
+    m.add_function(wrap_pyfunction!(outputs::outbounds, m)?)?;
     m.add_function(wrap_pyfunction!(fsum, m)?)?;
     m.add_function(wrap_pyfunction!(format_float, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.core import native
+from worker.core.records import FetchedRecord
 from worker.stream import fetched as unpacking
 
 if native.batches_crc_ok is None:
@@ -131,7 +132,7 @@ def compiled_path(buffer: bytes) -> bool:
 def same_as_aiokafka(buffer: bytes, **how: Any) -> list[Any]:
     ours = unpacked(buffer, ours=True, **how)
     assert ours == [astuple(r) for r in unpacked(buffer, ours=False, **how)]
-    assert all(type(r) is unpacking.FetchedRecord for r in ours)
+    assert all(type(r) is FetchedRecord for r in ours)
     return ours
 
 

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from tests.consumed import Consumed
 from tests.integration.hostile_corpus import EDGES, HOSTILE
 from worker.core import native
-from worker.core.records import Router, output_template
+from worker.core.records import FetchedRecord, Outbound, Router, Summary, output_template
 from worker.core.routing import Policy, audit_sampled, audit_threshold, score
 from worker.core.schema import OUTPUT_KEYS, Slot
 from worker.core.settings import Settings
@@ -88,6 +88,15 @@ def both(raws: Sequence[bytes | None], topic: str = "plain") -> list[Any]:
     assert len(fast) == len(slow) == len(recs)
     for f, s in zip(fast, slow, strict=True):
         assert f == s, (f.value, s.value)
+    # Records as the consumer hands them out are read by index, any other kind by name.
+    fetched = [
+        FetchedRecord(r.topic, r.partition, r.offset, r.timestamp, 0, r.key, r.value, None,
+                      1, -1 if r.value is None else len(r.value), tuple(r.headers))
+        for r in recs
+    ]  # fmt: skip
+    assert FAST.process(fetched) == fast
+    assert all(type(o) is Outbound and type(o.headers) is list for o in fast)
+    assert all(o.scores is None or type(o.scores) is Summary for o in fast)
     return fast
 
 

@@ -55,6 +55,11 @@ partition_index: Callable[[bytes, int], int] | None = (
 partition_slots: (
     Callable[[list[Any], dict[str, list[int]]], dict[tuple[str, int], list[Any]] | None] | None
 ) = _ext.partition_slots if _ext is not None else None
+# Per record its output (``records.Outbound``) from its compiled result, None where it has none
+# (``Router.finish``).
+outbounds: (
+    Callable[[list[Any], list[Any], tuple[type, type, type], tuple[str, ...]], list[Any]] | None
+) = _ext.outbounds if _ext is not None else None
 # What the metrics read of a batch of outputs, in one pass (``worker.observability.metrics``):
 # label sets with counts, source topics, then per output columns as bytes for numpy.
 output_columns: Callable[[list[Any]], tuple[Any, ...]] | None = (

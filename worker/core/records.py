@@ -54,6 +54,22 @@ class ConsumedRecord(Protocol):
     def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
+class FetchedRecord(NamedTuple):
+    """A consumed record: aiokafka's ``ConsumerRecord`` fields, in its order."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    timestamp_type: int
+    key: bytes | None
+    value: bytes | None
+    checksum: int | None
+    serialized_key_size: int
+    serialized_value_size: int
+    headers: tuple[tuple[str, bytes], ...]
+
+
 class Summary(NamedTuple):
     """What the metrics read of a scored event."""
 
@@ -128,6 +144,14 @@ class Router:
         Python path's."""
         if compiled is None:
             return [self._process_one(rec) for rec in records]
+        build = native.outbounds
+        if build is not None:
+            texts = (self.outputs.routed, self.outputs.escalated, "routed", "escalated")
+            built = build(list(records), list(compiled), _KINDS, texts)
+            if None in built:
+                for i in [i for i, o in enumerate(built) if o is None]:
+                    built[i] = self._process_one(records[i])
+            return built  # every None replaced
         out: list[Outbound] = []
         routed_topic, escalated_topic = self.outputs.routed, self.outputs.escalated
         for rec, done in zip(records, compiled, strict=True):
@@ -298,6 +322,8 @@ def _columns(
 
 
 _DECISIONS: dict[bool, Decision] = {True: "routed", False: "escalated"}
+# What ``native.outbounds`` makes outputs of; records of the third type are read by index.
+_KINDS = (Outbound, Summary, FetchedRecord)
 # A named tuple from a plain one, in C: the class's own ``__new__`` is a Python function, and
 # ``finish`` makes two per record.
 _new = tuple.__new__

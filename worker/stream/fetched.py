@@ -24,31 +24,15 @@ builds fetched partitions from, with subclasses that change nothing else.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import aiokafka.consumer.fetcher as _fetcher
 from aiokafka.record.control_record import ABORT_MARKER, ControlRecord
 from aiokafka.record.memory_records import MemoryRecords
 
 from worker.core import native
+from worker.core.records import FetchedRecord
 from worker.stream.internals import has_parameters, tested_release
-
-
-class FetchedRecord(NamedTuple):
-    """A consumed record: aiokafka's ``ConsumerRecord`` fields, in its order."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    timestamp_type: int
-    key: bytes | None
-    value: bytes | None
-    checksum: int | None
-    serialized_key_size: int
-    serialized_value_size: int
-    headers: tuple[tuple[str, bytes], ...]
-
 
 _new = tuple.__new__  # skips the named tuple's ``__new__``, a Python function
 
