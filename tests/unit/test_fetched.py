@@ -8,7 +8,9 @@ byte of it is wrong.
 
 from __future__ import annotations
 
+import gc
 import os
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import astuple
 from typing import Any
@@ -287,3 +289,20 @@ def test_positions_follow_what_each_take_returns() -> None:
     list(theirs)
     assert ours.next_fetch_offset == theirs.next_fetch_offset == 10
     assert ours.take(5) == ([], True)
+
+
+def test_a_partition_consumed_is_freed_without_the_collector() -> None:
+    # Nothing may keep a fetch's records alive once they are taken: a cycle would hold every
+    # fetched buffer until a full collection, which the worker's tuned collector rarely runs.
+    buffer = fetch_bytes(batches=2, per_batch=5)
+    gc.disable()
+    try:
+        records = partition_records(buffer, True, [], 0, READ_COMMITTED)
+        assert compiled_path(buffer)
+        gone = weakref.ref(records)
+        taken, exhausted = records.take(None)
+        assert len(taken) == 10 and exhausted
+        del records
+        assert gone() is None
+    finally:
+        gc.enable()

@@ -79,6 +79,11 @@ class _PartitionRecords(_fetcher.PartitionRecords):  # type: ignore[misc]
             batches = unpack(records.buffer, FetchedRecord, *tp)
             if batches is not None:
                 self._ready = self._kept(batches)
+            if self._ready is not None:
+                self._records = None  # the fetched bytes, now unpacked: not kept until consumed
+                # aiokafka's generator, never started here, holds this object: a cycle that
+                # only the collector would free, with every record of the fetch in it.
+                self._records_iterator = None
 
     def _kept(self, batches: list[Any]) -> list[FetchedRecord] | None:
         """The records aiokafka's ``_unpack_records`` would hand out, in order, the fetch offset
