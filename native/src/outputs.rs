@@ -1,6 +1,6 @@
-//! The records to publish, made from the compiled routing's results in one call per slice:
-//! what `Router.finish` (`worker/core/records.py`) builds a record at a time in Python, with
-//! the same fields and the same objects. `worker/core/records.py` is the only caller.
+//! The records to publish (`records.Outbound`), made from the compiled routing's results in
+//! one call per slice, with the fields the Python path fills for the same record.
+//! `Router.finish` (`worker/core/records.py`) is the only caller.
 
 use pyo3::ffi;
 use pyo3::prelude::*;

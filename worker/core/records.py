@@ -145,40 +145,13 @@ class Router:
         if compiled is None:
             return [self._process_one(rec) for rec in records]
         build = native.outbounds
-        if build is not None:
-            texts = (self.outputs.routed, self.outputs.escalated, "routed", "escalated")
-            built = build(list(records), list(compiled), _KINDS, texts)
-            if None in built:
-                for i in [i for i, o in enumerate(built) if o is None]:
-                    built[i] = self._process_one(records[i])
-            return built  # every None replaced
-        out: list[Outbound] = []
-        routed_topic, escalated_topic = self.outputs.routed, self.outputs.escalated
-        for rec, done in zip(records, compiled, strict=True):
-            if done is None:
-                out.append(self._process_one(rec))
-                continue
-            value, routed, reason, top1, margin, entropy, shadow_routed = done
-            out.append(
-                _new(
-                    Outbound,
-                    (
-                        routed_topic if routed else escalated_topic,
-                        rec.key,
-                        value,
-                        list(rec.headers),
-                        "routed" if routed else "escalated",
-                        reason,
-                        rec.topic,
-                        rec.partition,
-                        rec.offset,
-                        rec.timestamp,
-                        _new(Summary, (top1, margin, entropy)),
-                        None if shadow_routed is None else _DECISIONS[shadow_routed],
-                    ),
-                )
-            )
-        return out
+        assert build is not None  # noqa: S101 - compiled results come from the same module
+        texts = (self.outputs.routed, self.outputs.escalated, "routed", "escalated")
+        built = build(list(records), list(compiled), _KINDS, texts)
+        if None in built:
+            for i in [i for i, o in enumerate(built) if o is None]:
+                built[i] = self._process_one(records[i])
+        return built  # every None replaced
 
     def _process_one(self, rec: ConsumedRecord) -> Outbound:
         """The Python path: the reference the compiled one is held to."""
@@ -321,12 +294,8 @@ def _columns(
     )
 
 
-_DECISIONS: dict[bool, Decision] = {True: "routed", False: "escalated"}
 # What ``native.outbounds`` makes outputs of; records of the third type are read by index.
 _KINDS = (Outbound, Summary, FetchedRecord)
-# A named tuple from a plain one, in C: the class's own ``__new__`` is a Python function, and
-# ``finish`` makes two per record.
-_new = tuple.__new__
 
 
 def output_template(topic: str, policy: Policy, config_version: str) -> dict[str, Any]:
