@@ -40,8 +40,9 @@ from worker.core.routing import ScoringError, route
 from worker.core.settings import Settings, load_settings
 from worker.devkit import traffic
 from worker.stream import admin
+from worker.stream.exactly_once import ExactlyOnce
 from worker.stream.service import serve
-from worker.stream.transactions import PartitionProducers
+from worker.stream.transactions import Outcome, PartitionProducers
 
 pytestmark = pytest.mark.integration
 
@@ -231,6 +232,54 @@ async def test_a_backlog_is_taken_in_batches_up_to_the_guarantees_default(
     inputs = await read_inputs(settings)
     assert len(inputs) == sent == 16_000
     check_outputs(settings, inputs, await read_outputs(settings), exactly_once=exactly_once)
+
+
+async def test_exactly_once_overlaps_batches_but_never_a_partitions_transactions(
+    bootstrap: str, uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's transactions may run while the batch before it is still committing, but a
+    partition's transactions never run at once and commit in offset order. Each input is
+    still in exactly one committed output."""
+    settings, sent = await _nine_partitions_exactly_once(bootstrap, uid, per_topic=1500, seed=3)
+    batches_open: list[int] = []  # batches with a transaction running, at each start
+    open_batches = 0
+    running: set[TopicPartition] = set()
+    overlapping: list[TopicPartition] = []
+    committed: dict[TopicPartition, list[int]] = defaultdict(list)
+    real_transact = ExactlyOnce._transact
+    real_commit = PartitionProducers.commit_batch
+
+    async def transact(self: ExactlyOnce, *args: Any) -> Any:
+        nonlocal open_batches
+        open_batches += 1
+        batches_open.append(open_batches)
+        try:
+            return await real_transact(self, *args)
+        finally:
+            open_batches -= 1
+
+    async def commit_batch(self: PartitionProducers, tp: TopicPartition, *args: Any) -> Any:
+        if tp in running:
+            overlapping.append(tp)
+        running.add(tp)
+        try:
+            outcome = await real_commit(self, tp, *args)
+        finally:
+            running.discard(tp)
+        if outcome == Outcome.COMMITTED:
+            committed[tp].append(args[-1])  # the next offset
+        return outcome
+
+    monkeypatch.setattr(ExactlyOnce, "_transact", transact)
+    monkeypatch.setattr(PartitionProducers, "commit_batch", commit_batch)
+    async with running_worker(settings):
+        await wait_until_committed(settings)
+    assert max(batches_open) >= 2, "no batch's transactions ever overlapped the batch before"
+    assert not overlapping, f"a partition's transactions ran at once: {overlapping[:3]}"
+    assert all(offsets == sorted(set(offsets)) for offsets in committed.values()), committed
+    inputs = await read_inputs(settings)
+    assert len(inputs) == sent == 4500
+    check_outputs(settings, inputs, await read_outputs(settings), exactly_once=True)
 
 
 class _OffsetsFail:

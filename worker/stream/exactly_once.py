@@ -2,8 +2,10 @@
 next offset committed together or not at all (producers and fencing: ``worker.stream.
 transactions``). An aborted batch is fetched again from its first offset.
 
-A partition's transactions run one at a time: the next batch is routed while one is in flight
-and sent after it settles. Readers of the outputs use ``isolation_level=read_committed``.
+Two batches may be in flight. A partition's transactions run one at a time and in order: a
+partition's transaction in the later batch starts once its transaction in the earlier one has
+committed (and is not tried if that one did not commit), while the later batch's other partitions
+start at once. Readers of the outputs use ``isolation_level=read_committed``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from itertools import groupby
 from operator import attrgetter
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -26,6 +29,9 @@ from worker.stream.limits import Fitter
 from worker.stream.transactions import Outcome, PartitionProducers
 
 RETRY_PAUSE_S = 0.5  # between a batch with an aborted transaction and the next
+# Batches in flight besides the one being sent: its transactions on partitions of those wait for
+# theirs (``_after``), the others overlap them.
+KEEP_IN_FLIGHT = 1
 
 
 class ExactlyOnce(Guarantee):
@@ -38,6 +44,9 @@ class ExactlyOnce(Guarantee):
         self._next: dict[TopicPartition, int] = {}
         # Per partition, when its transactions began to abort without one committing since.
         self._failing_since: dict[TopicPartition, float] = {}
+        # Per partition, the outcome of its latest transaction staged since it was last
+        # positioned: the next one waits for it.
+        self._latest: dict[TopicPartition, asyncio.Future[str]] = {}
 
     async def open(
         self, consumer: AIOKafkaConsumer, stack: AsyncExitStack, stop: asyncio.Event
@@ -51,7 +60,7 @@ class ExactlyOnce(Guarantee):
             start = self._next.get(tp)
             if start is None:
                 continue  # not (or no longer) ours
-            # The batch in flight commits up to here, or its partition is fetched again (and
+            # A batch in flight commits up to here, or its partition is fetched again (and
             # what this batch holds of it is dropped once it settles): either way, records
             # below are not to be processed now.
             for _, held in self._in_flight:
@@ -68,35 +77,58 @@ class ExactlyOnce(Guarantee):
         await self.producers.revoke(tps)
         for tp in tps:
             self._next.pop(tp, None)
+            self._latest.pop(tp, None)
 
     async def assign(self, tps: Iterable[TopicPartition]) -> None:
         # Producers first: they fence previous owners; then the partitions are positioned at
         # their committed offsets as they stand after the fencing.
+        tps = list(tps)
+        for tp in tps:
+            self._latest.pop(tp, None)
         self._next.update(await self.producers.assign(self.consumer, tps))
 
     async def _stage(self, batches: Batches, outputs: list[Outbound]) -> Settling:
         # A partition whose transaction did not commit is fetched again from its first
         # offset, so what this batch holds of it is dropped.
-        unsettled = await self.settled()
+        unsettled = await self.settled(KEEP_IN_FLIGHT)
         for tp in unsettled:
             batches.pop(tp, None)  # in place: it is the batch being held
         if unsettled:
             outputs = [o for o in outputs if _SOURCE(o) not in unsettled]
-        return self._transact(batches, outputs)
+        # Chained now, in the order batches are sent, not when the transactions start.
+        loop = asyncio.get_running_loop()
+        chain: dict[TopicPartition, _Link] = {}
+        for tp in batches:
+            chain[tp] = _Link(self._latest.get(tp), loop.create_future())
+            self._latest[tp] = chain[tp].outcome
+        return self._transact(batches, outputs, chain)
 
     async def _transact(
-        self, batches: Batches, outputs: list[Outbound]
+        self, batches: Batches, outputs: list[Outbound], chain: dict[TopicPartition, _Link]
     ) -> tuple[list[Outbound], set[TopicPartition]]:
-        """One transaction per partition, run side by side; return the committed outputs and
-        the partitions that did not commit."""
+        """One transaction per partition, run side by side, each after the partition's one
+        before (``_after``); return the committed outputs and the partitions that did not
+        commit."""
+        try:
+            return await self._transact_chained(batches, outputs, chain)
+        finally:
+            for link in chain.values():  # however this ended: nothing waits for ever
+                if not link.outcome.done():
+                    link.outcome.set_result(Outcome.ABORTED)
+
+    async def _transact_chained(
+        self, batches: Batches, outputs: list[Outbound], chain: dict[TopicPartition, _Link]
+    ) -> tuple[list[Outbound], set[TopicPartition]]:
         owned = self.consumer.assignment()
         by_tp: dict[TopicPartition, list[Outbound]] = {}
         # Outputs follow the records, a partition's together and in input order: a run each.
         for source, run in groupby(outputs, _SOURCE):
             by_tp.setdefault(TopicPartition(*source), []).extend(run)
         tps = [tp for tp in by_tp if tp in owned]
+        for tp in chain.keys() - tps:
+            chain[tp].outcome.set_result(Outcome.ABORTED)  # no longer ours: not tried
         results = await asyncio.gather(
-            *(self.producers.commit_batch(tp, by_tp[tp], batches[tp][-1].offset + 1) for tp in tps)
+            *(self._after(tp, chain[tp], by_tp[tp], batches[tp][-1].offset + 1) for tp in tps)
         )
         committed: list[Outbound] = []
         unsettled = {tp for tp in batches if tp not in tps}
@@ -104,10 +136,10 @@ class ExactlyOnce(Guarantee):
         for tp, outcome in zip(tps, results, strict=True):
             if outcome == Outcome.COMMITTED:
                 committed.extend(by_tp[tp])
-                self._next[tp] = batches[tp][-1].offset + 1
-                self._failing_since.pop(tp, None)
                 continue
             unsettled.add(tp)
+            if outcome == Outcome.SKIPPED:
+                continue  # the transaction before it did not commit: fetched again too
             if outcome == Outcome.FENCED:
                 self._next.pop(tp, None)  # the group will move it; stop reading it
                 self._failing_since.pop(tp, None)
@@ -128,11 +160,36 @@ class ExactlyOnce(Guarantee):
         await self._back_off(aborted)
         return committed, unsettled
 
+    async def _after(
+        self, tp: TopicPartition, link: _Link, outputs: list[Outbound], next_offset: int
+    ) -> str:
+        """``tp``'s transaction for this batch, once its transaction for the batch before has
+        ended; not tried if that one did not commit (its records are fetched again, and these
+        with them)."""
+        try:
+            if link.before is not None:
+                await asyncio.wait({link.before})  # never cancels what it waits for
+                if link.before.result() != Outcome.COMMITTED:
+                    link.outcome.set_result(Outcome.SKIPPED)
+                    return Outcome.SKIPPED
+            outcome = await self.producers.commit_batch(tp, outputs, next_offset)
+            if outcome == Outcome.COMMITTED:
+                # Here, not once the whole batch has committed: a later batch's transaction on
+                # this partition may commit before another partition of this batch does.
+                self._next[tp] = next_offset
+                self._failing_since.pop(tp, None)
+        except BaseException:
+            link.outcome.set_result(Outcome.ABORTED)
+            raise
+        link.outcome.set_result(outcome)
+        return outcome
+
     def _refetch(self, unsettled: set[TopicPartition]) -> None:
         """Fetch again from its first uncommitted offset. What was fetched of the partition
         meanwhile lies past records never committed, and is dropped (``seek`` clears it)."""
         owned = self.consumer.assignment()
         for tp in unsettled:
+            self._latest.pop(tp, None)  # what is fetched from now on follows no transaction
             start = self._next.get(tp)  # None: fenced or revoked, not ours to read
             if start is not None and tp in owned:
                 self.consumer.seek(tp, start)
@@ -154,6 +211,13 @@ class ExactlyOnce(Guarantee):
                     f"{bound:g}s; offsets not committed"
                 )
         await asyncio.sleep(RETRY_PAUSE_S)
+
+
+class _Link(NamedTuple):
+    """A partition's place in the order of its transactions."""
+
+    before: asyncio.Future[str] | None  # the outcome of the one before, if any is pending
+    outcome: asyncio.Future[str]  # this one's, set when it ends (or is not tried)
 
 
 # An output's input partition as a plain tuple, read in C: equal to, and hashing as, the

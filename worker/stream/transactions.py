@@ -58,6 +58,7 @@ class Outcome:
     ABORTED = "aborted"  # transient failure: the batch is fetched again from its first offset
     FENCED = "fenced"  # another worker owns the partition now
     REFUSED = "refused"  # aborted: the broker refused a record for what it is
+    SKIPPED = "skipped"  # not tried: the partition's transaction before it did not commit
 
 
 class PartitionProducers:
