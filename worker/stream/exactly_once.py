@@ -113,8 +113,7 @@ class ExactlyOnce(Guarantee):
             return await self._transact_chained(batches, outputs, chain)
         finally:
             for link in chain.values():  # however this ended: nothing waits for ever
-                if not link.outcome.done():
-                    link.outcome.set_result(Outcome.ABORTED)
+                link.end(Outcome.ABORTED)
 
     async def _transact_chained(
         self, batches: Batches, outputs: list[Outbound], chain: dict[TopicPartition, _Link]
@@ -126,7 +125,7 @@ class ExactlyOnce(Guarantee):
             by_tp.setdefault(TopicPartition(*source), []).extend(run)
         tps = [tp for tp in by_tp if tp in owned]
         for tp in chain.keys() - tps:
-            chain[tp].outcome.set_result(Outcome.ABORTED)  # no longer ours: not tried
+            chain[tp].end(Outcome.ABORTED)  # no longer ours: not tried
         results = await asyncio.gather(
             *(self._after(tp, chain[tp], by_tp[tp], batches[tp][-1].offset + 1) for tp in tps)
         )
@@ -170,7 +169,7 @@ class ExactlyOnce(Guarantee):
             if link.before is not None:
                 await asyncio.wait({link.before})  # never cancels what it waits for
                 if link.before.result() != Outcome.COMMITTED:
-                    link.outcome.set_result(Outcome.SKIPPED)
+                    link.end(Outcome.SKIPPED)
                     return Outcome.SKIPPED
             outcome = await self.producers.commit_batch(tp, outputs, next_offset)
             if outcome == Outcome.COMMITTED:
@@ -179,9 +178,9 @@ class ExactlyOnce(Guarantee):
                 self._next[tp] = next_offset
                 self._failing_since.pop(tp, None)
         except BaseException:
-            link.outcome.set_result(Outcome.ABORTED)
+            link.end(Outcome.ABORTED)
             raise
-        link.outcome.set_result(outcome)
+        link.end(outcome)
         return outcome
 
     def _refetch(self, unsettled: set[TopicPartition]) -> None:
@@ -216,8 +215,13 @@ class ExactlyOnce(Guarantee):
 class _Link(NamedTuple):
     """A partition's place in the order of its transactions."""
 
-    before: asyncio.Future[str] | None  # the outcome of the one before, if any is pending
+    before: asyncio.Future[str] | None  # the one before's outcome, if one is in this chain
     outcome: asyncio.Future[str]  # this one's, set when it ends (or is not tried)
+
+    def end(self, outcome: str) -> None:
+        """Set the outcome, unless it is set already (the batch failed as a whole first)."""
+        if not self.outcome.done():
+            self.outcome.set_result(outcome)
 
 
 # An output's input partition as a plain tuple, read in C: equal to, and hashing as, the
