@@ -452,9 +452,20 @@ async def test_sigterm_mid_stream_exits_0_and_loses_nothing_after_a_stack_dump(
     settings = make_settings(bootstrap, uid, processing={"guarantee": guarantee})
     await create_all(settings)
     config = write_config(settings, tmp_path / "w.toml")
+    feeding = asyncio.Event()
+    feeding.set()
+
+    async def feed() -> None:
+        """Traffic until the worker has exited: a fast worker must not have caught up with a
+        fixed amount of it before the signal lands."""
+        rounds = 0
+        while feeding.is_set():
+            await publish_mixed(settings, 2_000, seed=10 * rounds)
+            rounds += 1
+
     with start_worker(config) as proc:
         try:
-            producing = asyncio.create_task(publish_mixed(settings, 20_000))
+            producing = asyncio.create_task(feed())
             # SIGTERM once the worker has committed something, while traffic still flows.
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -465,14 +476,16 @@ async def test_sigterm_mid_stream_exits_0_and_loses_nothing_after_a_stack_dump(
                 if sum(seen.values()) > 0:
                     break
                 await asyncio.sleep(0.1)
+            assert not producing.done(), "traffic should still flow at the signal"
             # SIGUSR1 just before: the stacks are logged and the stop goes on as ever.
             proc.send_signal(signal.SIGUSR1)
             proc.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             code = await asyncio.to_thread(proc.wait, 30)
             took = time.monotonic() - signalled
-            await producing
         finally:
+            feeding.clear()
+            await producing
             if proc.poll() is None:
                 proc.kill()
     log = worker_log(config)
