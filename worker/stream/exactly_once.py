@@ -81,10 +81,8 @@ class ExactlyOnce(Guarantee):
 
     async def assign(self, tps: Iterable[TopicPartition]) -> None:
         # Producers first: they fence previous owners; then the partitions are positioned at
-        # their committed offsets as they stand after the fencing.
-        tps = list(tps)
-        for tp in tps:
-            self._latest.pop(tp, None)
+        # their committed offsets as they stand after the fencing. (Their chains of
+        # transactions were dropped when they were last revoked.)
         self._next.update(await self.producers.assign(self.consumer, tps))
 
     async def _stage(self, batches: Batches, outputs: list[Outbound]) -> Settling:
