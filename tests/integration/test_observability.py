@@ -40,7 +40,7 @@ from tests.prom import (
     running_prometheus,
 )
 from worker import __version__
-from worker.core import drift, native, routing
+from worker.core import drift, fetch_pace, native, routing
 from worker.core.records import DLQ_PREFIX
 from worker.core.settings import Settings
 from worker.devkit import traffic
@@ -51,7 +51,7 @@ from worker.observability.metrics import (
     ESCALATION_REASONS,
     POLICY_DECISIONS,
 )
-from worker.stream import pipeline
+from worker.stream import fetch_pacing, pipeline
 from worker.stream.pipeline import Worker
 from worker.stream.service import serve
 
@@ -199,6 +199,44 @@ async def test_readyz_waits_for_partitions_and_healthz_answers_during_a_batch(
         assert {(t, int(p)) for t, p in lag_series(registry)} == {
             (tp.topic, tp.partition) for tp in worker.assignment
         }
+
+
+async def test_the_fetch_grows_while_the_event_loop_is_busy_and_comes_back_when_it_is_idle(
+    bootstrap: str, uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog keeps the loop busy: the gauges show its load above the threshold and the
+    fetch at the busy setting; once the backlog is worked off, the fetch is the light one."""
+    monkeypatch.setattr(fetch_pacing, "PACE_S", 0.2)  # four looks to the top in 0.8 s
+    settings = make_settings(bootstrap, uid, http={"enabled": True, "port": 0})
+    light, busy = settings.kafka.fetch_min_bytes, settings.kafka.busy_fetch()[0]
+    assert light < busy
+    await create_all(settings)
+    total = await publish(settings, per_topic=100_000, seed=13)
+    registry = CollectorRegistry()
+    async with serving_worker(settings, registry) as (worker, _):
+        assert sample(registry, "logit_router_fetch_min_bytes") == light
+        readings: list[tuple[float, float]] = []  # (loop's load, fetch) while catching up
+        started = time.monotonic()
+        while worker.processed < total:
+            readings.append(
+                (
+                    sample(registry, "logit_router_event_loop_cpu_ratio"),
+                    sample(registry, "logit_router_fetch_min_bytes"),
+                )
+            )
+            assert time.monotonic() - started < DEADLINE_S, "waited too long for the backlog"
+            await asyncio.sleep(0.05)
+        assert max(load for load, _ in readings) > fetch_pace.BUSY_FROM, readings
+        assert {fetch for _, fetch in readings} >= {light, busy}, readings
+
+        async def idle() -> tuple[float, float]:
+            return (
+                sample(registry, "logit_router_event_loop_cpu_ratio"),
+                sample(registry, "logit_router_fetch_min_bytes"),
+            )
+
+        load, _ = await poll(idle, lambda r: r[1] == light, "the light fetch again")
+        assert load < fetch_pace.IDLE_BELOW
 
 
 async def test_prometheus_scrapes_a_worker_and_every_query_and_rule_returns_data(

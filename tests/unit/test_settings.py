@@ -79,6 +79,12 @@ BAD_FIELDS = [
     ("[kafka]\nbootstrap_servers = ''\n[topics.t]", "kafka.bootstrap_servers", "''"),
     ("[kafka]\nsession_timeout_ms = 5\n[topics.t]", "kafka.session_timeout_ms", "5"),
     ("[kafka]\nfetch_min_bytes = 0\n[topics.t]", "kafka.fetch_min_bytes", "0"),
+    (
+        "[kafka]\nfetch_min_bytes = 1000\nfetch_min_bytes_busy = 999\n[topics.t]",
+        "fetch_min_bytes_busy must be at least fetch_min_bytes",
+        "",
+    ),
+    ("[kafka]\nfetch_max_wait_ms_busy = 5\n[topics.t]", "fetch_max_wait_ms_busy", ""),
     ("[kafka]\nsecurity_protocol = 'SSH'\n[topics.t]", "kafka.security_protocol", "'SSH'"),
     ("[http]\nport = 70000\n[topics.t]", "http.port", "70000"),
     ("[processing]\nguarantee = 'maybe'\n[topics.t]", "processing.guarantee", "'maybe'"),

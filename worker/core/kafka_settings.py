@@ -20,6 +20,8 @@ from worker.core.config_types import FROZEN
 
 PARTITION_FETCH_BYTES = 1_048_576
 EXACTLY_ONCE_PARTITION_FETCH_BYTES = 8_388_608
+BUSY_FETCH_MIN_BYTES = 524_288
+BUSY_FETCH_MAX_WAIT_MS = 20
 
 
 class KafkaSettings(BaseModel):
@@ -83,6 +85,22 @@ class KafkaSettings(BaseModel):
     """The longest a fetch waits for `fetch_min_bytes`: what it may add to the latency at low
     rates, and how often an idle worker asks the brokers for records (raise it where many idle
     workers share a cluster)."""
+    # Where the event loop is busy, fewer and larger fetches shorten the queue behind it.
+    fetch_min_bytes_busy: StrictInt | None = Field(
+        None,
+        ge=1,
+        description=f"What `fetch_min_bytes` grows to while the worker's event loop is busy (its "
+        "thread on a core more than 60 % of the time; back below 45 %), a quarter of the way "
+        f"per second. Unset: {BUSY_FETCH_MIN_BYTES:,}, or `fetch_min_bytes` if larger. Set "
+        "both `_busy` values to the light ones to keep the fetch fixed.",
+    )
+    fetch_max_wait_ms_busy: StrictInt | None = Field(
+        None,
+        ge=0,
+        description="What `fetch_max_wait_ms` grows to while the event loop is busy (see "
+        f"`fetch_min_bytes_busy`). Unset: {BUSY_FETCH_MAX_WAIT_MS}, or `fetch_max_wait_ms` if "
+        "larger.",
+    )
     max_partition_fetch_bytes: StrictInt | None = Field(
         None,
         ge=1024,
@@ -126,6 +144,25 @@ class KafkaSettings(BaseModel):
                 raise ValueError(f"give {name} or {name}_file, not both")
             data[name] = read_secret_file(Path(path), f"{name}_file")
         return data
+
+    def busy_fetch(self) -> tuple[int, int]:
+        """The fetch's min bytes and max wait (ms) while the event loop is busy."""
+        return (
+            max(self.fetch_min_bytes, BUSY_FETCH_MIN_BYTES)
+            if self.fetch_min_bytes_busy is None
+            else self.fetch_min_bytes_busy,
+            max(self.fetch_max_wait_ms, BUSY_FETCH_MAX_WAIT_MS)
+            if self.fetch_max_wait_ms_busy is None
+            else self.fetch_max_wait_ms_busy,
+        )
+
+    @model_validator(mode="after")
+    def _busy_fetch_not_smaller(self) -> KafkaSettings:
+        for name in ("fetch_min_bytes", "fetch_max_wait_ms"):
+            busy = getattr(self, f"{name}_busy")
+            if busy is not None and busy < getattr(self, name):
+                raise ValueError(f"{name}_busy must be at least {name}")
+        return self
 
     @model_validator(mode="after")
     def _client_certificate_complete(self) -> KafkaSettings:

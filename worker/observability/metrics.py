@@ -162,6 +162,16 @@ class Metrics:
             p + "assigned_partitions", "Input partitions assigned to this worker.",
             registry=registry,
         )  # fmt: skip
+        self.loop_cpu = Gauge(
+            p + "event_loop_cpu_ratio",
+            "Share of a core the event loop's thread used over the last second.",
+            registry=registry,
+        )  # fmt: skip
+        self.fetch_min_bytes = Gauge(
+            p + "fetch_min_bytes", "Bytes a fetch waits for now (follows the event loop's load).",
+            registry=registry,
+        )  # fmt: skip
+        self.fetch_min_bytes.set(settings.kafka.fetch_min_bytes)  # the light fetch, at start
         self.rebalances = Counter(
             p + "rebalances_total", "Partition assignments received from the group.",
             registry=registry,

@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from worker.core.kafka_settings import KafkaSettings
-from worker.stream import fetched, wire
+from worker.stream import fetched, internals, wire
 from worker.stream.security import permanent_failure
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,19 @@ def make_consumer(
         max_partition_fetch_bytes=kafka.partition_fetch_bytes(exactly_once=exactly_once),
         **extra,
     )
+
+
+def set_fetch(consumer: AIOKafkaConsumer, min_bytes: int, max_wait_ms: int) -> bool:
+    """Make the consumer's next fetches wait for ``min_bytes`` or ``max_wait_ms``. aiokafka
+    has no setter: its fetcher reads these two attributes for every request it builds, so they
+    are set there, on the release that was tested, while they are there; False otherwise."""
+    fetcher: Any = getattr(consumer, "_fetcher", None)
+    names = ("_fetch_min_bytes", "_fetch_max_wait_ms")
+    if not internals.tested_release() or not all(hasattr(fetcher, n) for n in names):
+        return False
+    fetcher._fetch_min_bytes = min_bytes
+    fetcher._fetch_max_wait_ms = max_wait_ms
+    return True
 
 
 def make_producer(kafka: KafkaSettings, **extra: Any) -> AIOKafkaProducer:

@@ -45,6 +45,7 @@ from worker.stream import history
 from worker.stream.at_least_once import AtLeastOnce
 from worker.stream.connections import FatalError, StopRequested, make_consumer, start_within
 from worker.stream.exactly_once import ExactlyOnce
+from worker.stream.fetch_pacing import pace_fetches
 from worker.stream.guarantee import Batches, Guarantee
 from worker.stream.limits import LIMITS_REFRESH_S, Fitter
 from worker.stream.offload import Offload, Routed
@@ -144,6 +145,8 @@ class Worker:
             self._subscribe(consumer)
             lag = asyncio.create_task(self._refresh_lag(consumer))
             stack.push_async_callback(cancelled, lag)  # before the consumer closes
+            pacing = asyncio.create_task(pace_fetches(consumer, kafka, self.metrics))
+            stack.push_async_callback(cancelled, pacing)
             refresh = _every(lambda: LIMITS_REFRESH_S, "topic limits", self.fitter.refresh)
             stack.push_async_callback(cancelled, asyncio.create_task(refresh))
             self.started = True

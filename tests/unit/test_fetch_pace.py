@@ -1,0 +1,80 @@
+"""The fetch follows the event loop's load: it grows while the loop is busy, a step per look,
+settles where the loop is neither busy nor idle, and comes back once the loop is idle."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.core.fetch_pace import BUSY_FROM, IDLE_BELOW, Fetch, FetchPace
+from worker.core.kafka_settings import KafkaSettings
+
+
+def pace(**kafka: int) -> FetchPace:
+    return FetchPace(KafkaSettings(**kafka))
+
+
+def test_a_busy_loop_grows_the_fetch_in_four_steps_to_the_busy_setting_and_no_further() -> None:
+    p = pace()
+    assert p.fetch == Fetch(196_608, 10)
+    seen = [p.observe(0.9) for _ in range(6)]
+    assert seen == [
+        Fetch(278_528, 12),
+        Fetch(360_448, 15),
+        Fetch(442_368, 18),
+        Fetch(524_288, 20),
+        None,  # already there: nothing to change
+        None,
+    ]
+
+
+def test_between_the_thresholds_the_fetch_stays_where_it_is() -> None:
+    p = pace()
+    p.observe(0.9)
+    p.observe(0.9)
+    middle = p.fetch
+    for share in (BUSY_FROM, IDLE_BELOW, (BUSY_FROM + IDLE_BELOW) / 2):
+        assert p.observe(share) is None
+    assert p.fetch == middle
+
+
+def test_an_idle_loop_brings_the_fetch_back_to_the_light_setting() -> None:
+    p = pace()
+    for _ in range(4):
+        p.observe(1.0)
+    back = [p.observe(0.05) for _ in range(5)]
+    assert back[3] == Fetch(196_608, 10)
+    assert back[4] is None
+    assert p.fetch == p.light
+
+
+@pytest.mark.parametrize(
+    ("kafka", "light", "busy"),
+    [
+        ({}, Fetch(196_608, 10), Fetch(524_288, 20)),
+        # A light fetch set above the busy default: the busy one is the light one, so no error.
+        (
+            {"fetch_min_bytes": 2_000_000, "fetch_max_wait_ms": 50},
+            Fetch(2_000_000, 50),
+            Fetch(2_000_000, 50),
+        ),
+        (
+            {"fetch_min_bytes_busy": 1_048_576, "fetch_max_wait_ms_busy": 40},
+            Fetch(196_608, 10),
+            Fetch(1_048_576, 40),
+        ),
+        # Both set to the light values: the fetch is fixed.
+        (
+            {"fetch_min_bytes_busy": 196_608, "fetch_max_wait_ms_busy": 10},
+            Fetch(196_608, 10),
+            Fetch(196_608, 10),
+        ),
+    ],
+)
+def test_the_two_ends_come_from_the_settings(
+    kafka: dict[str, int], light: Fetch, busy: Fetch
+) -> None:
+    p = pace(**kafka)
+    assert (p.light, p.busy) == (light, busy)
+    for _ in range(4):
+        p.observe(1.0)
+    assert p.fetch == busy
