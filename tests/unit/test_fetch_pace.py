@@ -3,10 +3,17 @@ settles where the loop is neither busy nor idle, and comes back once the loop is
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from aiokafka import AIOKafkaConsumer
+from prometheus_client import CollectorRegistry
 
 from worker.core.fetch_pace import BUSY_FROM, IDLE_BELOW, Fetch, FetchPace
 from worker.core.kafka_settings import KafkaSettings
+from worker.core.settings import Settings
+from worker.observability.metrics import Metrics
+from worker.stream import fetch_pacing
 
 
 def pace(**kafka: int) -> FetchPace:
@@ -78,3 +85,27 @@ def test_the_two_ends_come_from_the_settings(
     for _ in range(4):
         p.observe(1.0)
     assert p.fetch == busy
+
+
+async def test_without_the_fetch_settings_in_the_client_the_fetch_stays_light_and_says_so_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A consumer with no fetcher to set (never started here, or an aiokafka that keeps the
+    settings elsewhere): one warning, the fetch gauge at the light setting, the loop's load
+    still exported."""
+    monkeypatch.setattr(fetch_pacing, "PACE_S", 0.01)
+    monkeypatch.setattr(fetch_pacing.ThreadLoad, "read", lambda self: 0.95)
+    settings = Settings(topics={"t": {}})
+    registry = CollectorRegistry()
+    metrics = Metrics(settings, registry)
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9")
+    task = asyncio.create_task(fetch_pacing.pace_fetches(consumer, settings.kafka, metrics))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await consumer.stop()
+    warnings = [r for r in caplog.records if r.name == fetch_pacing.__name__]
+    assert len(warnings) == 1, warnings
+    assert "fetches stay at 196608 bytes or 10 ms" in warnings[0].getMessage()
+    assert registry.get_sample_value("logit_router_fetch_min_bytes") == 196_608
+    assert registry.get_sample_value("logit_router_event_loop_cpu_ratio") == 0.95

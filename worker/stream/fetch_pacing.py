@@ -4,6 +4,7 @@ consumer once a second by a task on the loop, whose thread's CPU time is the loa
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from aiokafka import AIOKafkaConsumer
@@ -12,6 +13,8 @@ from worker.core.fetch_pace import FetchPace
 from worker.core.kafka_settings import KafkaSettings
 from worker.observability.metrics import Metrics
 from worker.stream.connections import set_fetch
+
+log = logging.getLogger(__name__)
 
 PACE_S = 1.0  # one look at the loop's load per second: FetchPace's step is per look
 
@@ -33,10 +36,19 @@ async def pace_fetches(consumer: AIOKafkaConsumer, kafka: KafkaSettings, metrics
     """Until cancelled: export the loop's load, and move the consumer's fetch with it."""
     pace = FetchPace(kafka)
     load = ThreadLoad()
+    pacing = True  # until the consumer turns out to have nowhere to set it
     while True:
         await asyncio.sleep(PACE_S)
         share = load.read()
         metrics.loop_cpu.set(round(share, 3))
-        fetch = pace.observe(share)
-        if fetch is not None and set_fetch(consumer, *fetch):
+        fetch = pace.observe(share) if pacing else None
+        if fetch is None:
+            continue
+        if set_fetch(consumer, *fetch):
             metrics.fetch_min_bytes.set(fetch.min_bytes)
+            continue
+        pacing = False
+        log.warning(
+            "this aiokafka has no fetch settings where %s looks for them: fetches stay at "
+            "%d bytes or %d ms", __name__, *pace.light,
+        )  # fmt: skip
