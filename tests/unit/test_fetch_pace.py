@@ -87,25 +87,28 @@ def test_the_two_ends_come_from_the_settings(
     assert p.fetch == busy
 
 
+@pytest.mark.parametrize(("follow", "warned"), [(True, 1), (False, 0)])
 async def test_without_the_fetch_settings_in_the_client_the_fetch_stays_light_and_says_so_once(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, follow: bool, warned: int
 ) -> None:
     """A consumer with no fetcher to set (never started here, or an aiokafka that keeps the
     settings elsewhere): one warning, the fetch gauge at the light setting, the loop's load
-    still exported."""
+    still exported. Not following the load (exactly-once), it never tries: no warning."""
     monkeypatch.setattr(fetch_pacing, "PACE_S", 0.01)
     monkeypatch.setattr(fetch_pacing.ThreadLoad, "read", lambda self: 0.95)
     settings = Settings(topics={"t": {}})
     registry = CollectorRegistry()
     metrics = Metrics(settings, registry)
     consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9")
-    task = asyncio.create_task(fetch_pacing.pace_fetches(consumer, settings.kafka, metrics))
+    task = asyncio.create_task(
+        fetch_pacing.pace_fetches(consumer, settings.kafka, metrics, follow=follow)
+    )
     await asyncio.sleep(0.2)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await consumer.stop()
     warnings = [r for r in caplog.records if r.name == fetch_pacing.__name__]
-    assert len(warnings) == 1, warnings
-    assert "fetches stay at 196608 bytes or 10 ms" in warnings[0].getMessage()
+    assert len(warnings) == warned, warnings
+    assert all("fetches stay at 196608 bytes or 10 ms" in w.getMessage() for w in warnings)
     assert registry.get_sample_value("logit_router_fetch_min_bytes") == 196_608
     assert registry.get_sample_value("logit_router_event_loop_cpu_ratio") == 0.95

@@ -91,8 +91,9 @@ class KafkaSettings(BaseModel):
         ge=1,
         description=f"What `fetch_min_bytes` grows to while the worker's event loop is busy (its "
         "thread on a core more than 60 % of the time; back below 45 %), a quarter of the way "
-        f"per second. Unset: {BUSY_FETCH_MIN_BYTES:,}, or `fetch_min_bytes` if larger. Set "
-        "both `_busy` values to the light ones to keep the fetch fixed.",
+        f"per second, under at-least-once. Unset: {BUSY_FETCH_MIN_BYTES:,}, or "
+        "`fetch_min_bytes` if larger. Set both `_busy` values to the light ones to keep the "
+        "fetch fixed.",
     )
     fetch_max_wait_ms_busy: StrictInt | None = Field(
         None,

@@ -32,11 +32,14 @@ class ThreadLoad:
         return share
 
 
-async def pace_fetches(consumer: AIOKafkaConsumer, kafka: KafkaSettings, metrics: Metrics) -> None:
-    """Until cancelled: export the loop's load, and move the consumer's fetch with it."""
+async def pace_fetches(
+    consumer: AIOKafkaConsumer, kafka: KafkaSettings, metrics: Metrics, *, follow: bool = True
+) -> None:
+    """Until cancelled: export the loop's load, and, if ``follow``, move the consumer's fetch
+    with it."""
     pace = FetchPace(kafka)
     load = ThreadLoad()
-    pacing = True  # until the consumer turns out to have nowhere to set it
+    pacing = follow  # and until the consumer turns out to have nowhere to set it
     while True:
         await asyncio.sleep(PACE_S)
         share = load.read()

@@ -21,7 +21,9 @@ owns them.
 
 The guarantee is chosen once, from ``processing.guarantee`` (``GUARANTEES``). The rebalance
 listener delegates to it under the loop's batch lock, so a rebalance waits for the batch in
-hand. The lag gauge is refreshed by a task of its own every ``LAG_REFRESH_S``, not per batch.
+hand. The lag gauge is refreshed by a task of its own every ``LAG_REFRESH_S``, not per batch;
+another exports the loop's load and, under at-least-once, moves the fetch size with it
+(``worker.stream.fetch_pacing``).
 On stop, fetching stops, what is in hand and in flight is finished within
 ``processing.drain_timeout_s`` (one bound for the lot), and the clients are closed.
 """
@@ -145,7 +147,10 @@ class Worker:
             self._subscribe(consumer)
             lag = asyncio.create_task(self._refresh_lag(consumer))
             stack.push_async_callback(cancelled, lag)  # before the consumer closes
-            pacing = asyncio.create_task(pace_fetches(consumer, kafka, self.metrics))
+            # Under exactly-once batches are already large (fetches of up to 8 MiB a partition),
+            # and it measured slower with the fetch following the load (docs/performance.md).
+            follow = not exactly_once
+            pacing = asyncio.create_task(pace_fetches(consumer, kafka, self.metrics, follow=follow))
             stack.push_async_callback(cancelled, pacing)
             refresh = _every(lambda: LIMITS_REFRESH_S, "topic limits", self.fitter.refresh)
             stack.push_async_callback(cancelled, asyncio.create_task(refresh))
