@@ -7,8 +7,9 @@ and larger fetches, fewer per second, shorten that queue (docs/performance.md, "
 by measurement"). So the fetch moves between two settings: the light one (``kafka.fetch_min_bytes``
 and ``kafka.fetch_max_wait_ms``) while the loop's thread is on a core less than ``IDLE_BELOW`` of
 the time, towards the busy one (``..._busy``) while it is more than ``BUSY_FROM``, a quarter of
-the way per look. The band between the two thresholds is wider than what the busy fetch took
-off the loop's load where it was measured (a fifth), so the level settles instead of swinging.
+the way per look. The band between the two thresholds (a quarter of the upper one) is wider
+than what the busy fetch took off the loop's load where it was measured (a tenth to a fifth),
+so the level settles instead of swinging.
 """
 
 from __future__ import annotations
