@@ -219,29 +219,24 @@ async def test_the_fetch_grows_while_the_event_loop_is_busy_and_comes_back_when_
     registry = CollectorRegistry()
     async with serving_worker(settings, registry) as (worker, _):
         assert sample(registry, "logit_router_fetch_min_bytes") == light
-        readings: list[tuple[float, float]] = []  # (loop's load, fetch) while catching up
-        started = time.monotonic()
-        while worker.processed < total:
-            readings.append(
-                (
-                    sample(registry, "logit_router_event_loop_cpu_ratio"),
-                    sample(registry, "logit_router_fetch_min_bytes"),
-                )
-            )
-            assert time.monotonic() - started < DEADLINE_S, "waited too long for the backlog"
-            await asyncio.sleep(0.05)
-        assert max(load for load, _ in readings) > fetch_pace.BUSY_FROM, readings
-        fetches = {fetch for _, fetch in readings}
-        assert fetches >= {light, busy} if guarantee == "at_least_once" else fetches == {light}
 
-        async def idle() -> tuple[float, float]:
+        async def reading() -> tuple[float, float]:  # (the loop's load, the fetch)
             return (
                 sample(registry, "logit_router_event_loop_cpu_ratio"),
                 sample(registry, "logit_router_fetch_min_bytes"),
             )
 
+        readings: list[tuple[float, float]] = []  # while the backlog is worked off
+        started = time.monotonic()
+        while worker.processed < total:
+            readings.append(await reading())
+            assert time.monotonic() - started < DEADLINE_S, "waited too long for the backlog"
+            await asyncio.sleep(0.05)
+        assert max(load for load, _ in readings) > fetch_pace.BUSY_FROM, readings
+        fetches = {fetch for _, fetch in readings}
+        assert fetches >= {light, busy} if guarantee == "at_least_once" else fetches == {light}
         idle_below = fetch_pace.IDLE_BELOW
-        await poll(idle, lambda r: r[0] < idle_below and r[1] == light, "idle, the light fetch")
+        await poll(reading, lambda r: r[0] < idle_below and r[1] == light, "idle, the light fetch")
 
 
 async def test_prometheus_scrapes_a_worker_and_every_query_and_rule_returns_data(
