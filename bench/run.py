@@ -2,8 +2,8 @@
 
 Contenders run one after another, each in its own process. The worker (b) goes first: half of
 its rate is the load of every contender's latency phase (unless ``--rate`` is given). Before
-it, the worker runs over the pre-filled events, untimed, until the broker's JIT compiler has
-gone quiet, so that the first contender does not pay for the broker's warm-up.
+it, the worker runs over the pre-filled events under each guarantee, untimed, until the broker's
+JIT compiler has gone quiet, so that the first contender does not pay for the broker's warm-up.
 """
 
 from __future__ import annotations
@@ -87,8 +87,13 @@ BROKER_CONFIG = {"log.segment.delete.delay.ms": "1000", "log.retention.check.int
 # Not a contender: the untimed passes that warm the broker up before the first one, which
 # otherwise runs on a broker still compiling its request paths (docs/performance.md). They
 # run the worker, whose requests (produce to three topics, commits) the raw pipe's do not
-# cover: the peers that come later find the broker warmed by the worker's phases too.
+# cover: the peers that come later find the broker warmed by the worker's phases too. Each
+# pass runs it under both guarantees: otherwise (c) was the first to meet the broker's
+# transaction paths, and paid for compiling them that the Kafka Streams EOS peer did not.
 BROKER_WARMUP = Contender("broker_warmup", "the broker's warm-up (the worker, untimed)", "worker")
+BROKER_WARMUP_EOS = dataclasses.replace(
+    BROKER_WARMUP, name="broker_warmup_eos", processing={"guarantee": "exactly_once"}
+)
 JIT_QUIET_CORES = 0.03  # a pass with less JIT compiling than this ends the warm-up...
 SETTLED = 0.10  # ...if its events/s are also within this of the pass before it
 BROKER_WARMUP_S = 240.0
@@ -339,30 +344,42 @@ async def _attempt(
 
 
 async def _warm_broker(run: Run, budget_s: float, rate: float | None) -> dict[str, Any]:
-    """Worker passes until one sees the broker's JIT compiler quiet and the throughput
-    settled (within ``SETTLED`` of the pass before), or ``budget_s`` is spent (with no broker
-    process to look at, the budget alone decides), as a JMH warm-up runs until its iterations
-    agree; then one pass with a latency phase, at ``rate`` or half the last pass's rate. What
-    it did, for the report."""
+    """Passes of the worker, each under at-least-once then exactly-once, until one sees the
+    broker's JIT compiler quiet and the throughput settled (within ``SETTLED`` of the pass
+    before), or ``budget_s`` is spent (with no broker process to look at, the budget alone
+    decides), as a JMH warm-up runs until its iterations agree; then one pass with a latency
+    phase, at ``rate`` or half the last pass's rate. What it did, for the report."""
     print(f"running {BROKER_WARMUP.label} ...", flush=True)
     started = time.monotonic()
-    done: dict[str, Any] = {"passes": 0, "jit_cores": [], "quiet": False, "events_per_s": []}
+    done: dict[str, Any] = {"passes": 0, "jit_cores": [], "quiet": False, "events_per_s": [],
+                            "events_per_s_exactly_once": []}  # fmt: skip
     for n in itertools.count(1):
         jit_before, pass_started = _jit(run), time.monotonic()
-        c = dataclasses.replace(BROKER_WARMUP, name=f"{BROKER_WARMUP.name}{n}")
-        since = len(run.created)
-        r = await _attempt(run, c, None, latency=False)
+        rs = []
+        for kind in (BROKER_WARMUP, BROKER_WARMUP_EOS):
+            c = dataclasses.replace(kind, name=f"{kind.name}{n}")
+            since = len(run.created)
+            rs.append(await _attempt(run, c, None, latency=False))
+            await _clear(run, since)
+            if not rs[-1].get("available"):
+                break
         jit_after, now = _jit(run), time.monotonic()
-        await _clear(run, since)
-        if not r.get("available"):
-            print(f"  the warm-up failed ({r.get('reason')}); going on without it", flush=True)
-            done["failed"] = r.get("reason")
+        failed = [r for r in rs if not r.get("available")]
+        if failed:
+            why = failed[0].get("reason")
+            print(f"  the warm-up failed ({why}); going on without it", flush=True)
+            done["failed"] = why
             break
         done["passes"] = n
+        r, r_eos = rs
+        done["events_per_s_exactly_once"].append(r_eos["events_per_s"])
         rates: list[float] = done["events_per_s"]
         rates.append(r["events_per_s"])
         settled = len(rates) > 1 and abs(rates[-1] - rates[-2]) <= SETTLED * rates[-2]
-        line = f"  pass {n}: {r['events_per_s']:,.0f} events/s"
+        line = (
+            f"  pass {n}: {r['events_per_s']:,.0f} events/s, "
+            f"{r_eos['events_per_s']:,.0f} under exactly-once"
+        )
         if jit_before is not None and jit_after is not None:
             cores = round((jit_after - jit_before) / (now - pass_started), 3)
             done["jit_cores"].append(cores)

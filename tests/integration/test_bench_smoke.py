@@ -56,6 +56,11 @@ def test_a_tiny_benchmark_reports_every_contender(bootstrap: str, tmp_path: Path
     warmup = summary["broker_warmup"]
     assert warmup["passes"] == 1 and "failed" not in warmup
     assert warmup["jit_cores"] == [] and warmup["quiet"] is False
+    # Each pass runs the worker under both guarantees: the broker's transaction paths are
+    # warmed before (c) too.
+    assert len(warmup["events_per_s"]) == len(warmup["events_per_s_exactly_once"]) == 1
+    assert warmup["events_per_s_exactly_once"][0] > 0
+    assert any(line.startswith("  pass 1: ") and "under exactly-once" in line for line in lines)
     # Then one pass with a latency phase, at the run's rate: the paced load's paths warmed too.
     assert warmup["latency_pass"]["rate"] == LATENCY_EVENTS, warmup
     assert warmup["latency_pass"]["receipt_ms"]["p50"] > 0
