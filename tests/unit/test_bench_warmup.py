@@ -46,19 +46,21 @@ def _run(tmp_path: Path) -> Run:
     )  # fmt: skip
 
 
-@pytest.fixture
-def quiet_broker(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A broker whose JIT compiler is quiet from the start, so that two passes with the same
-    rate end the warm-up."""
+async def _warm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, refuse: bool, rate: float | None
+) -> tuple[Runs, dict[str, Any]]:
+    """The warm-up against a broker whose JIT compiler is quiet from the start, so that two
+    passes with the same rate end it; the runs it made, and its report."""
+    runs = Runs(refuse_exactly_once=refuse)
+    monkeypatch.setattr(bench_run, "_attempt", runs)
     monkeypatch.setattr(bench_run, "_jit", lambda run: 1.0)
+    return runs, await bench_run._warm_broker(_run(tmp_path), budget_s=600, rate=rate)
 
 
 async def test_each_pass_runs_at_least_once_then_exactly_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quiet_broker: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runs = Runs(refuse_exactly_once=False)
-    monkeypatch.setattr(bench_run, "_attempt", runs)
-    done = await bench_run._warm_broker(_run(tmp_path), budget_s=600, rate=None)
+    runs, done = await _warm(tmp_path, monkeypatch, refuse=False, rate=None)
     assert runs.made == [
         ("broker_warmup1", "at_least_once", False),
         ("broker_warmup_eos1", "exactly_once", False),
@@ -73,11 +75,9 @@ async def test_each_pass_runs_at_least_once_then_exactly_once(
 
 
 async def test_a_broker_refusing_exactly_once_is_still_warmed_under_at_least_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quiet_broker: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runs = Runs(refuse_exactly_once=True)
-    monkeypatch.setattr(bench_run, "_attempt", runs)
-    done = await bench_run._warm_broker(_run(tmp_path), budget_s=600, rate=RATE)
+    runs, done = await _warm(tmp_path, monkeypatch, refuse=True, rate=RATE)
     # Exactly-once is tried once; the passes and the latency pass go on without it.
     assert [guarantee for _, guarantee, _ in runs.made] == [
         "at_least_once", "exactly_once", "at_least_once", "at_least_once"
