@@ -89,7 +89,8 @@ BROKER_CONFIG = {"log.segment.delete.delay.ms": "1000", "log.retention.check.int
 # run the worker, whose requests (produce to three topics, commits) the raw pipe's do not
 # cover: the peers that come later find the broker warmed by the worker's phases too. Each
 # pass runs it under both guarantees: otherwise (c) was the first to meet the broker's
-# transaction paths, and paid for compiling them that the Kafka Streams EOS peer did not.
+# transaction paths and paid, in its timed phase, for their compiling, which the Kafka Streams
+# EOS peer after it did not.
 BROKER_WARMUP = Contender("broker_warmup", "the broker's warm-up (the worker, untimed)", "worker")
 BROKER_WARMUP_EOS = dataclasses.replace(
     BROKER_WARMUP, name="broker_warmup_eos", processing={"guarantee": "exactly_once"}
