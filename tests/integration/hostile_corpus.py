@@ -81,6 +81,11 @@ HOSTILE: tuple[Hostile, ...] = (
         b'{"id": "t", "logits": [1, 2], "metadata": {"x": 1e999}}',
         "non_finite_number",
     ),
+    Hostile(  # an integer is carried exactly, up to the double range only (docs/events.md)
+        "overflow_integer_in_extra_field",
+        b'{"id": "t", "logits": [1, 2], "n": 1' + b"0" * 309 + b"}",
+        "non_finite_number",
+    ),
     # JSON, but not an object
     Hostile("json_string", b'"hello"', "not_object"),
     Hostile("json_number", b"42", "not_object"),
@@ -140,6 +145,13 @@ HOSTILE: tuple[Hostile, ...] = (
     Hostile("deep_100k_in_event", _nested(100_000), "too_deep"),
     Hostile("deep_past_limit", _nested(MAX_DEPTH + 1), "too_deep"),
     Hostile("deep_past_encoder", _nested(300), "too_deep"),
+    # A run of 19 digits sends a document to the exact-integer reader, which recurses: deep
+    # nesting must be refused before it gets there, not overflow the interpreter's stack.
+    Hostile(
+        "deep_with_long_integer",
+        _nested(1_000).replace(b'"deep"', b'"1234567890123456789"'),
+        "too_deep",
+    ),
     # odd keys: carried byte for byte
     Hostile("binary_key", b"\x00\x01", "not_json", key=b"\xff\x00\xfe"),
     Hostile("empty_key", b"\x00\x01", "not_json", key=b""),

@@ -86,8 +86,16 @@ def _exact(value: object) -> orjson.Fragment:
 
 
 def loads_document(raw: bytes) -> Any:
-    """``orjson.loads``, but integers of any size kept exact."""
+    """``orjson.loads``, but integers past 64 bits kept exact (orjson refuses a document
+    holding one past the double range; ``_classify_unreadable`` names that).
+
+    Raises ``EventError`` (``too_deep``) for a document nested deeper than ``MAX_DEPTH``: the
+    exact re-read is the standard library's parser, which recurses, so it only reads documents
+    that passed the depth check."""
     doc = orjson.loads(raw)
+    # Counting brackets is a fast C-level scan; only a document that could be too deep is walked.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _deeper_than(doc, MAX_DEPTH):
+        raise EventError("too_deep", f"arrays and objects nested deeper than {MAX_DEPTH} levels")
     if _LONG_DIGITS.search(raw) is not None:
         doc = json.loads(raw, parse_int=_exact_int)  # orjson accepted it: valid JSON
     return doc
@@ -152,9 +160,6 @@ def decode_document(
         doc = loads_document(raw)
     except orjson.JSONDecodeError as exc:
         raise _classify_unreadable(raw, exc) from None
-    # Counting brackets is a fast C-level scan; only a document that could be too deep is walked.
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _deeper_than(doc, MAX_DEPTH):
-        raise EventError("too_deep", f"arrays and objects nested deeper than {MAX_DEPTH} levels")
     if not isinstance(doc, dict):
         raise EventError("not_object", f"top-level JSON is {_json_type(doc)}, not an object")
     logits = doc.get("logits")
