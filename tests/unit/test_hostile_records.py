@@ -9,6 +9,7 @@ import pytest
 
 from tests.consumed import Consumed
 from tests.integration.hostile_corpus import EDGES, HOSTILE, Hostile
+from worker.core import records
 from worker.core.events import MAX_DEPTH, EventError, decode_event
 from worker.core.records import DLQ_PREFIX, Router
 from worker.core.settings import Settings
@@ -21,6 +22,11 @@ SETTINGS = Settings(
         UNLABELLED: {"temperature": 1.5, "min_margin": 0.3},
     }
 )
+
+
+# The same topics, routed by the Python path only (the compiled one never calls it for the
+# simple events below).
+PYTHON_PATH = Settings(topics=SETTINGS.model_dump()["topics"], processing={"native": False})
 
 
 def record(item: Hostile, topic: str) -> Consumed:
@@ -82,3 +88,37 @@ def test_deepest_accepted_event_can_be_written_back() -> None:
     [out] = Router(SETTINGS).process([rec])
     assert out.kind in ("routed", "escalated")
     assert out.value is not None and out.value.count(b"[") >= MAX_DEPTH - 1
+
+
+def _failing(exc: BaseException) -> object:
+    def decode(*_args: object, **_kwargs: object) -> object:
+        raise exc
+
+    return decode
+
+
+def test_a_record_our_code_fails_on_is_dead_lettered_not_a_stopped_partition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Stands for a defect nobody has found yet: the Python path raising what it never foresaw.
+    monkeypatch.setattr(records, "decode_routable", _failing(RecursionError("deep inside")))
+    router = Router(PYTHON_PATH)
+    value = b'{"id": "ok", "logits": [2.0, 1.0]}'
+    rec = Consumed(UNLABELLED, 1, 42, 0, b"k", value, [("trace", b"t1")])
+    [out] = router.process([rec])
+    assert out.kind == "dead_letter"
+    assert (out.key, out.value, out.headers[:1]) == (b"k", value, [("trace", b"t1")])
+    headers = dict(out.headers[1:])
+    assert headers[DLQ_PREFIX + "reason"] == b"internal_error"
+    assert headers[DLQ_PREFIX + "error_class"] == b"RecursionError"
+    assert headers[DLQ_PREFIX + "message"] == b"deep inside"
+
+
+def test_running_out_of_memory_is_not_blamed_on_the_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(records, "decode_routable", _failing(MemoryError()))
+    router = Router(PYTHON_PATH)
+    rec = Consumed(UNLABELLED, 1, 42, 0, None, b'{"id": "ok", "logits": [2.0, 1.0]}', [])
+    with pytest.raises(MemoryError):
+        router.process([rec])

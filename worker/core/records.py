@@ -95,6 +95,10 @@ class Outbound(NamedTuple):
     shadow: Decision | None = None  # the shadow policy's decision, for topics with one
 
 
+# The dead-letter reason of a record this code failed on in a way it did not foresee.
+INTERNAL_ERROR = "internal_error"
+
+
 class Router:
     """Turns a batch of consumed records into exactly one outbound record each, in order."""
 
@@ -154,7 +158,21 @@ class Router:
         return built  # every None replaced
 
     def _process_one(self, rec: ConsumedRecord) -> Outbound:
-        """The Python path: the reference the compiled one is held to."""
+        """The Python path: the reference the compiled one is held to.
+
+        Whatever a record makes this code raise costs that record a dead letter
+        (``internal_error``, with the exception's class and message in its headers), not its
+        partition's progress: a record that raised once would raise again after every restart.
+        Only running out of memory, which is the process's state and not the record's, is
+        raised."""
+        try:
+            return self._decoded_and_routed(rec)
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any defect of ours, one record at a time
+            return self.dead_letter(rec, INTERNAL_ERROR, exc)
+
+    def _decoded_and_routed(self, rec: ConsumedRecord) -> Outbound:
         try:
             doc, logits, labels = decode_routable(
                 rec.value, max_bytes=self.max_bytes, max_classes=self.max_classes

@@ -30,7 +30,7 @@ from worker import __version__
 from worker.core import native
 from worker.core.changes import RESULTS
 from worker.core.events import Reason
-from worker.core.records import Kind, Outbound, WriteRefusal
+from worker.core.records import INTERNAL_ERROR, Kind, Outbound, WriteRefusal
 from worker.core.routing import AUDIT_SAMPLE, Decision, EscalationReason
 from worker.core.settings import BATCH_RECORDS, EXACTLY_ONCE_BATCH_RECORDS, Settings
 from worker.observability.drift import DriftGauges
@@ -48,6 +48,7 @@ SCORING_REASONS = (
     "pos_inf_logit",
     "no_finite_logit",
     "not_encodable",
+    INTERNAL_ERROR,
 )
 OTHER_REASON = "other"
 DEAD_LETTER_REASONS: tuple[str, ...] = (
