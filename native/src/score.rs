@@ -1,7 +1,7 @@
 //! The softmax, margin and entropy of `worker/core/routing.py`, operation for operation.
 //!
 //! Every step is either exact IEEE arithmetic (subtract, divide, multiply, negate), a call of
-//! the C library's `exp` and `log` (the functions CPython's `math.exp` and `math.log` call), or
+//! the C library's `exp` and `log1p` (the functions CPython's `math.exp` and `math.log1p` call), or
 //! an exactly rounded sum (`fsum`, CPython's `math.fsum` algorithm). So the results are the
 //! Python reference's bit for bit, not merely close to them.
 
@@ -102,6 +102,17 @@ pub fn fsum_exact(values: impl Iterator<Item = f64>) -> f64 {
     hi
 }
 
+/// (x - top) / T, also where x - top is past the float range and x is not masked: as
+/// `worker.core.routing._scaled_gap`.
+#[inline]
+fn scaled_gap(x: f64, top: f64, temperature: f64) -> f64 {
+    let gap = x - top;
+    if gap == f64::NEG_INFINITY && x != f64::NEG_INFINITY {
+        return x / temperature - top / temperature;
+    }
+    gap / temperature
+}
+
 /// `routing.score`: `None` where the reference refuses the logits (no finite one, or +inf);
 /// the caller then lets the Python path name the refusal.
 pub fn score(logits: &[f64], temperature: f64) -> Option<Scores> {
@@ -117,7 +128,7 @@ pub fn score(logits: &[f64], temperature: f64) -> Option<Scores> {
     if top.is_infinite() || logits.len() < 2 {
         return None;
     }
-    let z: Vec<f64> = logits.iter().map(|&x| (x - top) / temperature).collect();
+    let z: Vec<f64> = logits.iter().map(|&x| scaled_gap(x, top, temperature)).collect();
     let e: Vec<f64> = z.iter().map(|&v| v.exp()).collect();
     let total = fsum(e.iter().copied());
     let probabilities: Vec<f64> = e.iter().map(|&v| v / total).collect();
@@ -127,20 +138,18 @@ pub fn score(logits: &[f64], temperature: f64) -> Option<Scores> {
             .filter(|(&ei, _)| ei > 0.0)
             .map(|(&ei, &zi)| ei * -zi),
     );
-    let entropy = total.ln() + spread / total;
-    // top-1 (lowest index on a tie), top-2, as `routing._summarise`.
-    let mut best = 0;
-    let mut top1 = probabilities[0];
-    let mut top2 = f64::NEG_INFINITY;
-    for (i, &p) in probabilities.iter().enumerate().skip(1) {
-        if p > top1 {
-            top2 = top1;
-            top1 = p;
-            best = i;
-        } else if p > top2 {
-            top2 = p;
-        }
-    }
+    // log1p of the sum less the maximum's exact 1: a confident event's entropy keeps its digits.
+    let rest = fsum(e.iter().copied().chain(std::iter::once(-1.0)));
+    let entropy = rest.ln_1p() + spread / total;
+    // The first largest logit, even where its probability rounds to a neighbour's.
+    let best = logits.iter().position(|&x| x == top).unwrap_or(0);
+    let top1 = probabilities[best];
+    let top2 = probabilities
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != best)
+        .map(|(_, &p)| p)
+        .fold(f64::NEG_INFINITY, f64::max);
     Some(Scores {
         margin: top1 - top2,
         probabilities,

@@ -162,7 +162,7 @@ def test_the_threshold_equals_a_brute_force_scan(
     z = vt.logits(rng, n, 4, lift=7.0)
     y = vt.labels_at(rng, z, 1.2)
     probs = cal.probabilities(z, 1.2)
-    confidence, predicted = cal.top1(probs)
+    confidence, predicted = cal.top1(z, probs)
     margin = np.round(cal.margins(probs), 3)  # rounded: ties of margins are handled too
     wrong = (predicted != y).astype(np.float64)
     w = np.where(rng.random(n) < 0.3, 1.0, 8.0) if weighted else np.ones(n)

@@ -333,6 +333,9 @@ def test_the_sum_is_math_fsum_bit_for_bit(values: list[float]) -> None:
 
 @settings(max_examples=1000, deadline=None)
 @given(st.lists(st.floats(-700, 700), min_size=2, max_size=120), st.floats(1e-3, 1e3))
+@example([0.0, -36.0, -40.0], 1.0)  # a confident event's entropy, by log1p
+@example([1e308, -1e308], 1e308)  # a gap past the float range
+@example([0.0, 1e-17, -1.0], 1.0)  # the top class by its logit, where probabilities round equal
 def test_scores_are_the_reference_bit_for_bit(logits: list[float], temperature: float) -> None:
     policy = Policy(temperature, 0.1)
     topic = native.topics(
@@ -343,7 +346,9 @@ def test_scores_are_the_reference_bit_for_bit(logits: list[float], temperature: 
     ref = score(logits, temperature)
     _, _, _, top1, margin, entropy, _ = done
     assert (top1, margin, entropy) == (ref.top1, ref.margin, ref.entropy)
-    assert orjson.loads(done[0])["probabilities"] == list(ref.probabilities)
+    out = orjson.loads(done[0])
+    assert out["probabilities"] == list(ref.probabilities)
+    assert out["class_index"] == ref.class_index
 
 
 ids = st.text(

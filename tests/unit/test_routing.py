@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import random
 
+import mpmath
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.unit import oracle
@@ -78,7 +79,7 @@ def test_entropy_margin_and_top_class(logits: list[float], t: float) -> None:
     assert s.top1 >= s.top2
     assert s.margin == s.top1 - s.top2
     assert s.top1 == s.probabilities[s.class_index] == max(s.probabilities)
-    assert s.class_index == s.probabilities.index(s.top1)  # lowest index on a tie
+    assert s.class_index == logits.index(max(logits))  # the first largest logit
 
 
 # Logits on a dyadic grid, so that adding the constant is exact in binary floating point:
@@ -92,6 +93,38 @@ def test_adding_a_constant_changes_nothing(logits: list[float], c: float, t: flo
     shifted = [x + c for x in logits]
     assert all(s - c == x for s, x in zip(shifted, logits, strict=True))  # the shift is exact
     assert score(shifted, t) == score(logits, t)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(20.0, 340.0), st.integers(2, 50), st.floats(0.5, 2.0))
+@example(36.0, 2, 1.0)
+def test_a_confident_events_entropy_keeps_its_relative_precision(
+    gap: float, classes: int, t: float
+) -> None:
+    # One class far ahead: the entropy is tiny (down to 1e-293), and log(1 + tiny) would keep
+    # none of its digits. The oracle needs digits to match: 60 would leave it 1e-60 absolute.
+    logits = [0.0] + [-gap] * (classes - 1)
+    with mpmath.workdps(400):
+        want = oracle.entropy(logits, t)
+    assert want > 0.0
+    assert abs(score(logits, t).entropy - want) <= 1e-13 * want
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(9e307, 1.7e308), st.floats(1e306, 1e308))
+@example(1e308, 1e308)
+def test_a_gap_past_the_float_range_is_scored_at_a_huge_temperature(x: float, t: float) -> None:
+    logits = [x, -x]  # x - (-x) overflows; (x - -x) / t does not
+    got = score(logits, t).probabilities
+    want = oracle.softmax(logits, t)
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1e-14
+
+
+def test_the_top_class_is_the_largest_logit_where_probabilities_round_equal() -> None:
+    s = score([0.0, 1e-17], 1.0)
+    assert s.probabilities == (0.5, 0.5)  # exp(-1e-17) rounds to 1
+    assert (s.class_index, s.margin) == (1, 0.0)
+    assert score([1.0, 1.0, 0.0], 1.0).class_index == 0  # a true tie: the lowest index
 
 
 def test_tiny_temperature_is_one_hot_without_overflow() -> None:

@@ -89,7 +89,7 @@ def report(
     chosen = rounded(fit.temperature)
     warnings = _warnings(kinds, policy, fit, ground_truth)
     probs = cal.probabilities(z, chosen)
-    confidence, predicted = cal.top1(probs)
+    confidence, predicted = cal.top1(z, probs)
     margin = cal.margins(probs)
     wrong = (predicted != y).astype(np.float64)
     eligible = (

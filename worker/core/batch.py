@@ -83,15 +83,20 @@ def _route_vectorised(
     top = x.max(axis=1)
     # Rows the scalar path must judge: NaN, +inf, or no finite logit at all.
     odd = np.isnan(x).any(axis=1) | (top == np.inf) | (top == -np.inf)
+    with np.errstate(all="ignore"):  # and a gap past the float range (``routing._scaled_gap``)
+        odd |= (np.isneginf(x - top[:, None]) & ~np.isneginf(x)).any(axis=1)
+    best = x.argmax(axis=1)  # the first largest logit, as the scalar path
+    rows_n = np.arange(n)
     with np.errstate(all="ignore"):
         z = (x - top[:, None]) / temps[:, None]
         e = np.exp(z)
         total = e.sum(axis=1)
         p = e / total[:, None]
         spread = np.where(e > 0.0, e * -z, 0.0).sum(axis=1)
-    entropy = np.log(total) + spread / total
-    best = p.argmax(axis=1)  # first maximum: the lowest index on a tie
-    top1 = p[np.arange(n), best]
+        others = e.copy()
+        others[rows_n, best] = 0.0  # the maximum's exp(0) = 1, left out of the log1p
+        entropy = np.log1p(others.sum(axis=1)) + spread / total
+    top1 = p[rows_n, best]
     top2 = np.partition(p, width - 2, axis=1)[:, -2]
     margin = top1 - top2
     # The guard band, for every row at once (IEEE arithmetic: the same verdicts as per row).

@@ -136,9 +136,10 @@ class Metrics:
         return asdict(self)
 
 
-def top1(probs: FloatArray) -> tuple[FloatArray, IntArray]:
-    """The top-1 probability and class of each row (lowest index on a tie)."""
-    index = probs.argmax(axis=1).astype(np.int64)
+def top1(logits: FloatArray, probs: FloatArray) -> tuple[FloatArray, IntArray]:
+    """The top-1 probability and class of each row: the class of the largest logit (lowest
+    index on a tie), as the worker picks it, even where probabilities round equal."""
+    index = logits.argmax(axis=1).astype(np.int64)
     return _picked(probs, index), index
 
 
@@ -178,7 +179,7 @@ def measure(
     logits: FloatArray, labels: IntArray, weights: FloatArray, temperature: float
 ) -> Metrics:
     probs = probabilities(logits, temperature)
-    confidence, predicted = top1(probs)
+    confidence, predicted = top1(logits, probs)
     correct = (predicted == labels).astype(np.float64)
     onehot = np.zeros_like(probs)
     onehot[np.arange(len(labels)), labels] = 1.0
@@ -210,7 +211,7 @@ def reliability(
     logits: FloatArray, labels: IntArray, weights: FloatArray, temperature: float
 ) -> list[Bin]:
     """The reliability diagram's bins (equal width) at ``temperature``."""
-    confidence, predicted = top1(probabilities(logits, temperature))
+    confidence, predicted = top1(logits, probabilities(logits, temperature))
     correct = (predicted == labels).astype(np.float64)
     bin_of = equal_width_bins(confidence)
     w = np.bincount(bin_of, weights=weights, minlength=BINS)

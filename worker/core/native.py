@@ -3,8 +3,8 @@
 ``logit_router_native.route_many`` does for each record of a slice what ``Router.process``
 does in Python (decode, score, decide, encode), and gives the same bytes on the same platform:
 the document is written back as ``orjson.dumps`` writes it, and the scores are the reference's
-(``routing.score``: the platform's C-library ``exp`` and ``log``, the ones ``math.exp`` and
-``math.log`` call, and exactly rounded sums), bit for bit. A record it is not sure of
+(``routing.score``: the platform's C-library ``exp`` and ``log1p``, the ones ``math.exp`` and
+``math.log1p`` call, and exactly rounded sums), bit for bit. A record it is not sure of
 (an escape in a string, a key the output sets, anything malformed) it declines, and the Python
 path handles it and names any refusal. ``tests/unit/test_native.py`` holds the two paths to
 the same bytes. Without a Rust toolchain at install time the package is absent and the worker

@@ -6,9 +6,14 @@ functions, so a decision made live is the decision an auditor gets back.
 Numerics. Probabilities are computed as ``exp((x_i - max) / T) / sum``. Subtracting the
 maximum *before* dividing by T keeps every exponent <= 0, so nothing overflows for logits
 anywhere in +/-1e308 and T anywhere in (0, inf): a tiny T gives a one-hot vector, a huge T a
-near-uniform one. The sum is taken with ``math.fsum`` (exactly rounded), so the error of each
-probability is a few ulps whatever the number of classes. A ``-inf`` logit is a masked class
-with probability 0; NaN and ``+inf`` are refused, never turned into output.
+near-uniform one. (A gap ``x_i - max`` past the float range is taken as ``x_i/T - max/T``, so a
+huge T still sees it.) The sum is taken with ``math.fsum`` (exactly rounded), so the error of
+each probability is a few ulps whatever the number of classes. A ``-inf`` logit is a masked
+class with probability 0; NaN and ``+inf`` are refused, never turned into output. The entropy's
+log is ``log1p`` of the sum less the maximum's exact 1, so a confident event's entropy (1e-15,
+say) keeps its digits instead of losing them to the rounding of ``1 + tiny``. The top class is
+the largest logit (the lowest index on a tie), even where its probability rounds to a
+neighbour's.
 
 Reproducibility. Only the sum is exactly rounded; ``exp`` and ``log`` come from the platform's
 C library, and glibc, musl and macOS may differ in the last bit (glibc may also pick a variant
@@ -21,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Literal
 
 Decision = Literal["routed", "escalated"]
@@ -105,39 +111,39 @@ def score(logits: Sequence[float], temperature: float = 1.0) -> Scores:
     """The logits are an event's and checked here; the temperature is a policy's, checked at
     the edge (``worker.core.rules``) and trusted."""
     top = check_logits(logits)
-    # z_i = (x_i - max) / T <= 0; a masked class (or a gap past the float range) gives -inf.
+    # z_i = (x_i - max) / T <= 0; a masked class gives -inf.
     z = [(x - top) / temperature for x in logits]
+    if _NEG_INF in z:
+        z = [_scaled_gap(x, top, temperature) for x in logits]
     e = [math.exp(v) for v in z]
     total = math.fsum(e)  # >= 1: the maximum contributes exp(0) = 1 exactly
     probs = tuple(v / total for v in e)
     # Entropy as log(S) + sum(e_i * -z_i) / S: both terms >= 0, so no cancellation, and no
     # log of an underflowed probability. Masked classes (e_i == 0) contribute nothing.
     spread = math.fsum(ei * -zi for ei, zi in zip(e, z, strict=True) if ei > 0.0)
-    entropy = math.log(total) + spread / total
-    return _summarise(probs, entropy)
-
-
-def _summarise(probs: Sequence[float], entropy: float) -> Scores:
-    """top-1 (lowest index on a tie), top-2 and their margin from finished probabilities."""
-    best = 0
-    top1 = probs[0]
-    top2 = _NEG_INF
-    for i in range(1, len(probs)):
-        p = probs[i]
-        if p > top1:
-            top2 = top1
-            top1 = p
-            best = i
-        elif p > top2:
-            top2 = p
+    entropy = math.log1p(math.fsum(chain(e, _LESS_ONE))) + spread / total
+    best = list(logits).index(top)  # the first largest logit
+    top1 = probs[best]
+    top2 = max(probs[:best] + probs[best + 1 :])
     return Scores(
-        probabilities=tuple(probs),
+        probabilities=probs,
         top1=top1,
         top2=top2,
         margin=top1 - top2,
         entropy=entropy,
         class_index=best,
     )
+
+
+_LESS_ONE = (-1.0,)  # the maximum's exp(0), taken off the sum exactly by fsum
+
+
+def _scaled_gap(x: float, top: float, temperature: float) -> float:
+    """(x - top) / T, also where x - top is past the float range and x is not masked."""
+    gap = x - top
+    if gap == _NEG_INF and x != _NEG_INF:
+        return x / temperature - top / temperature
+    return gap / temperature
 
 
 def label_for(index: int, event_labels: Sequence[str] | None, policy: Policy) -> str:

@@ -117,9 +117,17 @@ final class Router {
     double t = policy.temperature();
     double[] z = new double[n];
     double[] e = new double[n];
+    int best = -1;
     for (int i = 0; i < n; i++) {
-      z[i] = (x[i] - top) / t;
+      double gap = x[i] - top;
+      // A gap past the double range, at a huge temperature, as the worker takes it.
+      z[i] = gap == Double.NEGATIVE_INFINITY && x[i] != Double.NEGATIVE_INFINITY
+          ? x[i] / t - top / t
+          : gap / t;
       e[i] = Math.exp(z[i]);
+      if (best < 0 && x[i] == top) {
+        best = i; // the first largest logit, as the worker picks the top class
+      }
     }
     double total = FSum.sum(e, n);
     double[] p = new double[n];
@@ -133,16 +141,18 @@ final class Router {
         masked++;
       }
     }
-    double entropy = Math.log(total) + FSum.sum(spread, n - masked) / total;
-    int best = 0;
-    double top1 = p[0];
+    // log1p of the sum less the maximum's exp(0) = 1: a confident event keeps its digits.
+    double[] others = new double[n];
+    for (int i = 0, k = 0; i < n; i++) {
+      if (i != best) {
+        others[k++] = e[i];
+      }
+    }
+    double entropy = Math.log1p(FSum.sum(others, n - 1)) + FSum.sum(spread, n - masked) / total;
+    double top1 = p[best];
     double top2 = Double.NEGATIVE_INFINITY;
-    for (int i = 1; i < n; i++) {
-      if (p[i] > top1) {
-        top2 = top1;
-        top1 = p[i];
-        best = i;
-      } else if (p[i] > top2) {
+    for (int i = 0; i < n; i++) {
+      if (i != best && p[i] > top2) {
         top2 = p[i];
       }
     }
