@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from worker.core.settings import Settings, load_settings
 from worker.observability.metrics import Metrics
+from worker.stream.connections import FatalError
 from worker.stream.pipeline import Worker, cancelled
 from worker.stream.reload import Outcome, Reloader
 
@@ -85,6 +86,49 @@ async def test_the_hook_failing_does_not_undo_the_reload(tmp_path: Path) -> None
     path.write_text(CONFIG.format(t=2.0))
     outcome = await Reloader(path, worker, on_applied=hook).reload("test")
     assert (outcome.result, outcome.version) == ("applied", worker.settings.config_version)
+    assert worker.router.policies["t"].temperature == 2.0
+
+
+async def test_a_version_that_cannot_be_recorded_is_refused_and_the_old_one_stays(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "worker.toml"
+    path.write_text(CONFIG.format(t=0.7))
+    worker = worker_for(path)
+    running = worker.settings.config_version
+    recorded: list[str] = []
+    applied: list[Settings] = []
+
+    async def record(settings: Settings) -> None:
+        recorded.append(settings.config_version)
+        raise FatalError("cannot reach Kafka at 127.0.0.1:1 within 3s (config history producer)")
+
+    async def hook(settings: Settings) -> None:
+        applied.append(settings)
+
+    path.write_text(CONFIG.format(t=2.0))
+    outcome = await Reloader(path, worker, on_applied=hook, record=record).reload("test")
+    assert (outcome.result, outcome.version) == ("refused", running)
+    assert "cannot be recorded: cannot reach Kafka" in outcome.detail
+    assert recorded and recorded[0] != running  # the new version was tried
+    assert worker.router.policies["t"].temperature == 0.7
+    assert applied == []
+    assert reloads(worker, "refused") == 1
+
+
+async def test_a_new_version_is_recorded_before_it_routes(tmp_path: Path) -> None:
+    path = tmp_path / "worker.toml"
+    path.write_text(CONFIG.format(t=0.7))
+    worker = worker_for(path)
+    seen: list[float] = []
+
+    async def record(settings: Settings) -> None:
+        seen.append(worker.router.policies["t"].temperature)  # still the old router
+
+    path.write_text(CONFIG.format(t=2.0))
+    outcome = await Reloader(path, worker, record=record).reload("test")
+    assert outcome.result == "applied"
+    assert seen == [0.7]
     assert worker.router.policies["t"].temperature == 2.0
 
 

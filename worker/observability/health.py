@@ -86,6 +86,10 @@ class HealthServer:
             await writer.drain()
         except (TimeoutError, ConnectionError, ValueError, asyncio.LimitOverrunError):
             pass  # a slow or broken client is its own problem
+        except asyncio.CancelledError:
+            # The loop is shutting down (this task is the connection's own, nothing awaits it):
+            # ending cancelled, the task makes asyncio's stream callback log a traceback.
+            pass
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):

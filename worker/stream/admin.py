@@ -14,7 +14,7 @@ from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from worker.core.kafka_settings import KafkaSettings
-from worker.stream.connections import make_admin, make_consumer
+from worker.stream.connections import make_admin, make_consumer, stop_consumer
 
 CREATE_TIMEOUT_S = 30.0
 
@@ -60,7 +60,7 @@ async def standalone_consumer(kafka: KafkaSettings) -> AsyncIterator[AIOKafkaCon
         yield consumer
     finally:
         await asyncio.sleep(0)
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def partitions(kafka: KafkaSettings, topics: Iterable[str]) -> list[TopicPartition]:
@@ -122,4 +122,4 @@ async def wait_for_commits(
                 return seen
             await asyncio.sleep(0.2)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)

@@ -168,6 +168,9 @@ async def stop_within(producer: AIOKafkaProducer, what: str, timeout_s: float = 
         log.debug("stopping %s: %s", what, stopping.exception())
 
 
+CLOSE_CANCELLED_S = 5.0  # how long a client whose start was cancelled is given to close
+
+
 class StopRequested(Exception):
     """A stop was asked for while the clients were still connecting."""
 
@@ -182,8 +185,21 @@ async def start_within(
     """Start a client, retrying while the brokers cannot be reached, up to the connect timeout.
 
     Authentication and authorisation errors are not retried: a wrong password stays wrong.
-    A client that fails to start is closed again, and a stop ends the retries at once.
+    A client that fails to start is closed again, as is one whose start is cancelled, and a stop
+    ends the retries at once.
     """
+    try:
+        await _start_within(client, kafka, what, stop)
+    except asyncio.CancelledError:
+        # Closed here, or aiokafka reports an unclosed client (and its callbacks fail) later.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.shield(asyncio.wait_for(_close(client), CLOSE_CANCELLED_S))
+        raise
+
+
+async def _start_within(
+    client: _Client, kafka: KafkaSettings, what: str, stop: asyncio.Event | None
+) -> None:
     deadline = time.monotonic() + kafka.connect_timeout_s
     delay = 0.2
     while True:
@@ -198,24 +214,39 @@ async def start_within(
             if problem is not None:
                 await _close(client)
                 raise FatalError(f"{what}: {problem}") from None
-            if time.monotonic() + delay > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 await _close(client)
                 raise FatalError(
                     f"cannot reach Kafka at {kafka.bootstrap_servers} within "
                     f"{kafka.connect_timeout_s:g}s ({what}): {exc}"
                 ) from None
             log.info("%s: Kafka not reachable yet (%s); retrying", what, exc)
+            pause = min(delay, remaining)  # so that the last try is at the deadline, not before
             if stop is None:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(pause)
             else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                    await asyncio.wait_for(stop.wait(), pause)
             delay = min(delay * 2, 2.0)
         except KafkaError as exc:
             await _close(client)
             raise FatalError(f"{what} failed to start: {type(exc).__name__}: {exc}") from None
         else:
             return
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """``consumer.stop()``, which may raise the ``CancelledError`` of its own fetch tasks when
+    they were waiting out a retry (brokers gone; aio-libs/aiokafka#647): that is a stop that
+    finished, not this task being cancelled, and a shutdown goes on."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.debug("the consumer's stop ended its fetch tasks' retries")
 
 
 async def _close(client: _Client) -> None:

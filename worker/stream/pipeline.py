@@ -45,7 +45,13 @@ from worker.core.settings import Settings
 from worker.observability.metrics import Metrics
 from worker.stream import history
 from worker.stream.at_least_once import AtLeastOnce
-from worker.stream.connections import FatalError, StopRequested, make_consumer, start_within
+from worker.stream.connections import (
+    FatalError,
+    StopRequested,
+    make_consumer,
+    start_within,
+    stop_consumer,
+)
 from worker.stream.exactly_once import ExactlyOnce
 from worker.stream.fetch_pacing import pace_fetches
 from worker.stream.guarantee import Batches, Guarantee
@@ -204,7 +210,7 @@ class Worker:
     async def _close_consumer(self, consumer: AIOKafkaConsumer) -> None:
         self.started = False
         self.consumer = None
-        await consumer.stop()  # leaves the group at once, so partitions move without delay
+        await stop_consumer(consumer)  # leaves the group at once: partitions move without delay
 
     async def _check_topics(self, consumer: AIOKafkaConsumer) -> None:
         """Refuse to start without our topics: the worker never creates them."""

@@ -2,10 +2,11 @@
 
 The file and the environment are read again (``load_settings``) and compared with the running
 config (``worker.core.changes``). A new routing part (``topics``, ``limits``) is applied at a
-batch boundary: a new ``Router`` is built, then swapped in under the loop's batch lock, so a
-batch is routed entirely by one config version. A config that does not validate, or one that
-changes what is read only at start, is refused and the running config stays. One log line per
-reload, and ``logit_router_config_reloads_total{result}``.
+batch boundary: the new version is recorded in the config history (``record``), a new
+``Router`` is built, then swapped in under the loop's batch lock, so a batch is routed entirely
+by one config version. A config that does not validate, one that changes what is read only at
+start, or one that cannot be recorded is refused, and the running config stays. One log line
+per reload, and ``logit_router_config_reloads_total{result}``.
 
 Adding or removing an input topic re-subscribes the consumer, which is a rebalance; a change of
 policies alone is not. Optionally the file is watched (``watch``): a mounted Kubernetes
@@ -29,8 +30,10 @@ from worker.stream.pipeline import Worker
 
 log = logging.getLogger(__name__)
 
-# Called after a reload is applied, outside the batch lock (e.g. to publish the new version).
+# Called after a reload is applied, outside the batch lock.
 OnApplied = Callable[[Settings], Awaitable[None]]
+# Records a new version before it routes (the config history); raises if it cannot.
+Record = Callable[[Settings], Awaitable[None]]
 
 
 class Outcome(NamedTuple):
@@ -46,10 +49,12 @@ class Reloader:
         worker: Worker,
         on_applied: OnApplied | None = None,
         requested: asyncio.Event | None = None,
+        record: Record | None = None,
     ):
         self.path = path
         self.worker = worker
         self.on_applied = on_applied
+        self.record = record
         self.requested = requested or asyncio.Event()  # what SIGHUP sets
         self._one_at_a_time = asyncio.Lock()
         self._read = file_signature(path)  # the file as last read, for ``watch``
@@ -91,6 +96,14 @@ class Reloader:
         why_not = await self.worker.inputs_refusal(new) if change.resubscribes else None
         if why_not is not None:
             return Outcome("refused", running.config_version, why_not), None
+        if self.record is not None:
+            # Recorded before it routes, as at start: an output never names a version that
+            # ``replay --as-published`` cannot find. Unrecorded, the running config stays.
+            try:
+                await self.record(new)
+            except Exception as exc:  # noqa: BLE001 - whatever the reason, it is not recorded
+                why = f"{new.config_version} cannot be recorded: {exc}"
+                return Outcome("refused", running.config_version, why), None
         router = Router(new)  # built before the lock: a batch waits only for the swap
         await self.worker.apply(new, router, resubscribe=change.resubscribes)
         detail = "; ".join(change.routing)

@@ -83,12 +83,8 @@ async def serve(
     registry = registry if registry is not None else CollectorRegistry()
     worker = Worker(settings, Metrics(settings, registry))
 
-    async def applied(new: Settings) -> None:
-        await history.publish(new)  # as at start: every version that routes is recorded
-        if on_applied is not None:
-            await on_applied(new)
-
-    reloader = Reloader(config_path, worker, applied, reload_requested)
+    # As at start, every version that routes is recorded first.
+    reloader = Reloader(config_path, worker, on_applied, reload_requested, history.publish)
     http: HealthServer | None = None
     if settings.http.enabled:
         http = HealthServer(
