@@ -315,3 +315,43 @@ async def test_the_fetch_size_per_partition_defaults_to_the_guarantee_and_yields
         assert consumer._max_partition_fetch_bytes == expected
     finally:
         await consumer.stop()
+
+
+@pytest.mark.parametrize(
+    "servers",
+    ["127.0.0.1:abc", "127.0.0.1:-1", "127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:1,,",
+     ",127.0.0.1:1", "127.0.0.1", ":9092", "::1:9092", "[::1", "[not-v6]:9092", "a b:9092",
+     "127.0.0.1:+1", "127.0.0.1:1_0"],
+)  # fmt: skip
+def test_a_broker_list_that_is_not_host_port_pairs_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, servers: str
+) -> None:
+    # From the environment too, where a typo used to reach aiokafka (a traceback, or port 9092).
+    monkeypatch.setenv("LOGIT_ROUTER_KAFKA__BOOTSTRAP_SERVERS", servers)
+    with pytest.raises(ConfigError, match=r"kafka\.bootstrap_servers = "):
+        load_settings(EXAMPLE)
+
+
+@pytest.mark.parametrize(
+    "servers",
+    ["b-1.kafka.internal:9093", "10.0.0.1:1,10.0.0.2:65535", "a:9092, b:9092", "[::1]:9092"],
+)
+def test_broker_lists_aiokafka_reads_are_accepted(servers: str) -> None:
+    assert (
+        load_settings(EXAMPLE, kafka={"bootstrap_servers": servers}).kafka.bootstrap_servers
+        == servers
+    )
+
+
+@pytest.mark.parametrize("host", ["", " "])
+def test_an_empty_http_host_is_refused_not_read_as_every_interface(
+    monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    monkeypatch.setenv("LOGIT_ROUTER_HTTP__HOST", host)
+    with pytest.raises(ConfigError, match=r"http\.host = .*0\.0\.0\.0 or ::"):
+        load_settings(EXAMPLE)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "127.0.0.1", "::1"])
+def test_every_interface_is_still_there_by_name(host: str) -> None:
+    assert load_settings(EXAMPLE, http={"host": host}).http.host == host

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     Field,
     FilePath,
@@ -23,13 +26,36 @@ EXACTLY_ONCE_PARTITION_FETCH_BYTES = 8_388_608
 BUSY_FETCH_MIN_BYTES = 524_288
 BUSY_FETCH_MAX_WAIT_MS = 20
 
+# A broker: a name or IPv4 address, or an IPv6 address in brackets, then a port of digits (int()
+# alone would take "+1" or "1_0", and aiokafka quietly swaps a negative port for 9092).
+_BROKER = re.compile(r"(?:\[(?P<ipv6>[^\[\]]+)\]|(?P<host>[^\s:\[\],/]+)):(?P<port>[0-9]{1,5})")
+
+
+def _brokers(text: str) -> str:
+    """`host:port` pairs separated by commas, an IPv6 address in brackets (`[::1]:9092`)"""
+    for entry in text.split(","):
+        entry = entry.strip()  # aiokafka strips each one too
+        if not entry:
+            raise ValueError("an empty entry between commas" if "," in text else "no broker")
+        found = _BROKER.fullmatch(entry)
+        if found is None:
+            raise ValueError(f"{entry!r} is not host:port (an IPv6 address goes in brackets)")
+        if found["ipv6"] is not None:
+            try:
+                ipaddress.IPv6Address(found["ipv6"])
+            except ValueError:
+                raise ValueError(f"{entry!r}: not an IPv6 address in the brackets") from None
+        if not 1 <= int(found["port"]) <= 65_535:
+            raise ValueError(f"{entry!r}: the port must lie in 1..65535")
+    return text
+
 
 class KafkaSettings(BaseModel):
     """How the worker connects to Kafka, and its consumer's and producer's settings."""
 
     model_config = FROZEN
 
-    bootstrap_servers: str = Field("localhost:9092", min_length=1)
+    bootstrap_servers: Annotated[str, AfterValidator(_brokers)] = "localhost:9092"
     """The brokers to contact first, as `host:port`, several separated by commas."""
     group_id: str = Field("logit-router", min_length=1)
     """The consumer group: workers with the same group share the input partitions. Under

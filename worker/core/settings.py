@@ -11,10 +11,11 @@ import hashlib
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
 from pydantic import (
+    AfterValidator,
     BaseModel,
     Field,
     StrictBool,
@@ -116,6 +117,15 @@ class Processing(BaseModel):
         return EXACTLY_ONCE_BATCH_RECORDS if self.guarantee == "exactly_once" else BATCH_RECORDS
 
 
+def _listen_address(host: str) -> str:
+    """not empty (`0.0.0.0` or `::` for every interface)"""
+    # The server reads an empty host as every interface, /-/reload included: that must be asked
+    # for by name, never reached by an empty variable.
+    if not host.strip():
+        raise ValueError("must not be empty: give 0.0.0.0 or :: to listen on every interface")
+    return host
+
+
 class HttpSettings(BaseModel):
     """The HTTP server for `/metrics`, `/healthz` and `/readyz`, all on one port."""
 
@@ -123,7 +133,7 @@ class HttpSettings(BaseModel):
 
     enabled: StrictBool = True
     """Serve `/metrics`, `/healthz` and `/readyz`."""
-    host: str = "127.0.0.1"
+    host: Annotated[str, AfterValidator(_listen_address)] = "127.0.0.1"
     """The address to listen on: loopback unless opened up on purpose (`0.0.0.0` in a
     container)."""
     port: StrictInt = Field(9464, ge=0, le=65_535)
