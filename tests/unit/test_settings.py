@@ -352,6 +352,28 @@ def test_an_empty_http_host_is_refused_not_read_as_every_interface(
         load_settings(EXAMPLE)
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "127.0.0.1", "::1"])
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "127.0.0.1", "::1"])  # noqa: S104
 def test_every_interface_is_still_there_by_name(host: str) -> None:
     assert load_settings(EXAMPLE, http={"host": host}).http.host == host
+
+
+@pytest.mark.parametrize("name", ["", "a b/c", ".", "..", "x" * 250, "tópico", "a:b"])
+def test_an_input_topic_kafka_would_refuse_is_refused_by_name(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[topics."{name}"]\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r'topics\."NAME" = .*not a Kafka topic name'):
+        load_settings(path)
+
+
+@pytest.mark.parametrize("field", ["routed", "escalated", "dead_letter", "config_history"])
+def test_an_output_topic_kafka_would_refuse_is_refused_by_name(tmp_path: Path, field: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[topics.t]\n[outputs]\n{field} = "x y"\n')
+    with pytest.raises(ConfigError, match=rf"outputs\.{field} = 'x y': not a Kafka topic name"):
+        load_settings(path)
+
+
+def test_topic_names_at_kafkas_limits_are_accepted() -> None:
+    longest = "a" * 249
+    s = Settings(topics={longest: {}, "A-Z_0.9": {}}, outputs={"routed": "..."})
+    assert set(s.topics) == {longest, "A-Z_0.9"}

@@ -21,6 +21,7 @@ from worker.core import rules
 Temperature = Annotated[StrictFloat, AfterValidator(rules.temperature)]
 Probability = Annotated[StrictFloat, AfterValidator(rules.probability)]
 Labels = Annotated[tuple[str, ...], AfterValidator(rules.labels)]
+TopicName = Annotated[str, AfterValidator(rules.topic_name)]
 
 # Field docs are the docstrings under each field (they reach docs/configuration.md).
 FROZEN = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)

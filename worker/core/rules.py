@@ -13,11 +13,15 @@ says what is wrong; the caller names the field and the value given.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Literal, get_args
 
 MIN_LABELS = 2
+# Kafka's own rule for a topic name (its Topic.validate): a name past it would only fail later,
+# at the broker, once the worker is running.
+_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 
@@ -48,3 +52,13 @@ def labels(values: Sequence[str]) -> tuple[str, ...]:
     if repeated:
         raise ValueError(f"labels must be unique, repeated: {', '.join(map(repr, repeated))}")
     return tuple(values)
+
+
+def topic_name(value: str) -> str:
+    """a Kafka topic name: 1 to 249 of `a-z A-Z 0-9 . _ -`, not `.` or `..`"""
+    if not _TOPIC.fullmatch(value) or value in (".", ".."):
+        raise ValueError(
+            "not a Kafka topic name (1 to 249 characters of a-z, A-Z, 0-9, '.', '_', '-'; "
+            "not '.' or '..')"
+        )
+    return value

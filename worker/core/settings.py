@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.core import rules
-from worker.core.config_types import FROZEN
+from worker.core.config_types import FROZEN, TopicName
 from worker.core.environment import EnvironmentSource
 from worker.core.errors import ConfigError
 from worker.core.kafka_settings import KafkaSettings
@@ -45,13 +45,13 @@ class OutputTopics(BaseModel):
 
     model_config = FROZEN
 
-    routed: str = Field("logits.routed", min_length=1)
+    routed: TopicName = "logits.routed"
     """Confident events: downstream systems act on the top-1 label."""
-    escalated: str = Field("logits.escalated", min_length=1)
+    escalated: TopicName = "logits.escalated"
     """Uncertain events, for a person or a stronger model to look at."""
-    dead_letter: str = Field("logits.dead-letter", min_length=1)
+    dead_letter: TopicName = "logits.dead-letter"
     """Records that cannot be scored, unchanged, with the reason in headers."""
-    config_history: str = Field("logit-router.config-history", min_length=1)
+    config_history: TopicName = "logit-router.config-history"
     """A compacted topic where the worker records each routing config it runs (key: its
     `config_version`, value: the document hashed), for `config show` and `replay
     --as-published`. Not part of the hash itself."""
@@ -158,8 +158,9 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = KafkaSettings()
     outputs: OutputTopics = OutputTopics()
-    topics: dict[str, TopicPolicy] = Field(min_length=1)
-    """The input topics, each with its policy, as `[topics."NAME"]` tables; at least one."""
+    topics: dict[TopicName, TopicPolicy] = Field(min_length=1)
+    """The input topics, each with its policy, as `[topics."NAME"]` tables; at least one, each
+    `NAME` a Kafka topic name (1 to 249 of `a-z A-Z 0-9 . _ -`, not `.` or `..`)."""
     limits: Limits = Limits()
     processing: Processing = Processing()
     http: HttpSettings = HttpSettings()
@@ -295,7 +296,12 @@ def describe_validation_error(exc: ValidationError) -> str:
     """One line per bad field: where it is, the value given, what is wrong. Secrets are masked."""
     lines = []
     for err in exc.errors(include_url=False):
-        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        loc = err["loc"]
+        # A bad key of a table (an input topic's name) is reported as the table's NAME, as the
+        # reference writes it, not as the bad name followed by pydantic's "[key]".
+        if loc[-1:] == ("[key]",):
+            loc = (*loc[:-2], '"NAME"')
+        where = ".".join(str(part) for part in loc) or "(top level)"
         value = err.get("input")
         # A misspelt secret field (``sasl_pasword``) is unknown, but its value is still a secret.
         unknown = err["type"] == "extra_forbidden"
