@@ -143,3 +143,31 @@ async def test_a_stopping_worker_refuses_a_reload(tmp_path: Path) -> None:
     assert (outcome.result, outcome.detail) == ("refused", "the worker is stopping")
     assert worker.router.policies["t"].temperature == 0.7
     assert reloads(worker, "refused") == 1
+
+
+@pytest.mark.parametrize(
+    "content", [b'[topics."\xff"]\n', b"\x7fELF\x02\x01\x01\x00\xff\xfe"], ids=["toml", "binary"]
+)
+async def test_a_file_that_is_not_utf8_is_refused_and_the_running_config_stays(
+    tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "worker.toml"
+    path.write_text(CONFIG.format(t=0.7))
+    worker = worker_for(path)
+    path.write_bytes(content)
+    outcome = await Reloader(path, worker).reload("SIGHUP")
+    assert outcome.result == "refused"
+    assert "not UTF-8 text" in outcome.detail
+    assert worker.router.policies["t"].temperature == 0.7
+
+
+async def test_an_environment_variable_that_is_not_utf8_refuses_a_reload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "worker.toml"
+    path.write_text(CONFIG.format(t=0.7))
+    worker = worker_for(path)
+    monkeypatch.setenv("LOGIT_ROUTER_TOPICS__t__LABELS", os.fsdecode(b'["\xff", "b"]'))
+    outcome = await Reloader(path, worker).reload("SIGHUP")
+    assert outcome.result == "refused"
+    assert "LOGIT_ROUTER_TOPICS__t__LABELS: its value is not UTF-8 text" in outcome.detail

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -377,3 +378,35 @@ def test_topic_names_at_kafkas_limits_are_accepted() -> None:
     longest = "a" * 249
     s = Settings(topics={longest: {}, "A-Z_0.9": {}}, outputs={"routed": "..."})
     assert set(s.topics) == {longest, "A-Z_0.9"}
+
+
+@pytest.mark.parametrize(
+    "content", [b'[topics."\xff"]\n', b"\x7fELF\x02\x01\x01\x00\xff\xfe"], ids=["toml", "binary"]
+)
+def test_a_config_file_that_is_not_utf8_is_refused_naming_the_file(
+    tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=rf"config file {path} cannot be read: not UTF-8 text"):
+        load_settings(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        (b"LOGIT_ROUTER_TOPICS__support.intents__LABELS", b'["\xff","b","c"]', "its value"),
+        (b"LOGIT_ROUTER_TOPICS__\xff__TEMPERATURE", b"1", "its name"),
+        (b"LOGIT_ROUTER_KAFKA__SASL_PASSWORD", b"hunter2\xff", "its value"),
+    ],
+)
+def test_an_environment_variable_that_is_not_utf8_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, name: bytes, value: bytes, shown: str
+) -> None:
+    # Python keeps such bytes as lone surrogates, which used to fail later, at the first encode.
+    monkeypatch.setenv(os.fsdecode(name), os.fsdecode(value))
+    with pytest.raises(ConfigError) as err:
+        load_settings(EXAMPLE)
+    printable = name.decode("ascii", "backslashreplace")
+    assert str(err.value) == f"environment variable {printable}: {shown} is not UTF-8 text"
+    assert "hunter2" not in str(err.value)

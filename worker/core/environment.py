@@ -25,6 +25,8 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from worker.core.errors import ConfigError
+
 DELIMITER = "__"
 
 _SCALARS: dict[Any, TypeAdapter[Any]] = {kind: TypeAdapter(kind) for kind in (bool, int, float)}
@@ -48,6 +50,7 @@ class EnvironmentSource(PydanticBaseSettingsSource):
         for name, text in os.environ.items():
             if not name.upper().startswith(self.prefix):
                 continue
+            _refuse_undecodable(name, text)
             placed = _place(self.settings_cls, name[len(self.prefix) :].split(DELIMITER))
             if placed is None:
                 continue
@@ -60,6 +63,21 @@ class EnvironmentSource(PydanticBaseSettingsSource):
             else:
                 node[keys[-1]] = _read(text, annotation)
         return found
+
+
+def _refuse_undecodable(name: str, text: str) -> None:
+    """``ConfigError`` for a variable whose name or value is not UTF-8.
+
+    Python keeps such bytes as lone surrogates, which pass as text until something encodes
+    them (a metric's label, a Kafka header) and fails far from the cause. The value is not
+    quoted: it may be a secret.
+    """
+    for part, what in ((name, "its name"), (text, "its value")):
+        try:
+            part.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(name).decode("ascii", "backslashreplace")
+            raise ConfigError(f"environment variable {shown}: {what} is not UTF-8 text") from None
 
 
 def _place(settings_cls: type[BaseModel], steps: list[str]) -> tuple[list[str], Any] | None:

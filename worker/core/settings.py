@@ -285,6 +285,11 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"config file not found: {path}") from None
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+        except UnicodeDecodeError as exc:  # TOML is UTF-8; tomllib decodes before it parses
+            raise ConfigError(
+                f"config file {path} cannot be read: not UTF-8 text "
+                f"(byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+            ) from None
     data.update(overrides)
     try:
         return Settings(**data)
