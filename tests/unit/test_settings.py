@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -410,3 +411,56 @@ def test_an_environment_variable_that_is_not_utf8_is_refused_naming_it(
     printable = name.decode("ascii", "backslashreplace")
     assert str(err.value) == f"environment variable {printable}: {shown} is not UTF-8 text"
     assert "hunter2" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("toml", "field"),
+    [
+        ("[kafka]\nconnect_timeout_s = inf", "kafka.connect_timeout_s"),
+        ("[kafka]\nconnect_timeout_s = 1e300", "kafka.connect_timeout_s"),
+        ("[kafka]\nconnect_timeout_s = 86400.5", "kafka.connect_timeout_s"),
+        ("[processing]\ndrain_timeout_s = inf", "processing.drain_timeout_s"),
+        ("[processing]\ndrain_timeout_s = 1e300", "processing.drain_timeout_s"),
+        ("[processing]\ntransaction_timeout_ms = 2147483648", "processing.transaction_timeout_ms"),
+        ("[kafka]\nsession_timeout_ms = 99999999999999999999", "kafka.session_timeout_ms"),
+        ("[kafka]\nrequest_timeout_ms = 2147483648", "kafka.request_timeout_ms"),
+        ("[kafka]\nfetch_max_wait_ms = 2147483648", "kafka.fetch_max_wait_ms"),
+        ("[kafka]\nmax_batch_size = 2147483648", "kafka.max_batch_size"),
+        ("[kafka]\nmax_partition_fetch_bytes = 2147483648", "kafka.max_partition_fetch_bytes"),
+        ("[kafka]\nheartbeat_interval_ms = 60000", "heartbeat_interval_ms (60000) must be below"),
+        ("[kafka]\nheartbeat_interval_ms = 45000", "session_timeout_ms (45000)"),
+    ],
+)
+def test_numbers_past_what_kafka_or_a_timer_can_hold_are_refused_by_name(
+    tmp_path: Path, toml: str, field: str
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f"{toml}\n[topics.t]\n")
+    with pytest.raises(ConfigError, match=re.escape(field)):
+        load_settings(path)
+
+
+def test_the_largest_values_kafka_holds_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        "[kafka]\nconnect_timeout_s = 86400\nsession_timeout_ms = 2147483647\n"
+        "heartbeat_interval_ms = 2147483646\nmax_poll_interval_ms = 2147483647\n"
+        "[processing]\ndrain_timeout_s = 86400\n[topics.t]\n"
+    )
+    s = load_settings(path)
+    assert (s.kafka.session_timeout_ms, s.kafka.connect_timeout_s) == (2**31 - 1, 86_400.0)
+
+
+@pytest.mark.parametrize("window", ["inf", "1e-14", "0.5", "604801"])
+def test_a_drift_window_outside_a_second_to_a_week_is_refused_by_name(
+    tmp_path: Path, window: str
+) -> None:
+    from worker.core import drift
+
+    reference = tmp_path / "ref.json"
+    found = {m: [0.5] * 10 for m in drift.MEASURES}
+    reference.write_bytes(drift.make_reference("t", found, "2026-01-01T00:00:00Z", {}).to_json())
+    path = tmp_path / "c.toml"
+    path.write_text(f'[topics.t.drift]\nreference = "{reference}"\nwindow_s = {window}\n')
+    with pytest.raises(ConfigError, match=r"topics\.t\.drift\.window_s"):
+        load_settings(path)

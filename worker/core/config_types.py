@@ -17,6 +17,12 @@ from worker.core import rules
 # an int does for a float. The environment has only strings: worker.core.environment reads each
 # as its field's type before the model sees it.
 
+# Bounds that keep a value finite and in range where it ends up: Kafka keeps its numeric settings
+# as 32-bit ints (a larger one fails in the client, or at the broker, once running), and a
+# timeout of inf or 1e300 s is no bound at all (asyncio cannot even schedule it).
+INT32_MAX = 2**31 - 1
+DAY_S = 86_400.0
+
 # The policy types: the rules in ``rules``, which the command line's converters call too.
 Temperature = Annotated[StrictFloat, AfterValidator(rules.temperature)]
 Probability = Annotated[StrictFloat, AfterValidator(rules.probability)]

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from worker.core.config_types import FROZEN
+from worker.core.config_types import DAY_S, FROZEN, INT32_MAX
 
 PARTITION_FETCH_BYTES = 1_048_576
 EXACTLY_ONCE_PARTITION_FETCH_BYTES = 8_388_608
@@ -90,24 +90,25 @@ class KafkaSettings(BaseModel):
     `ssl_key_password`, not both."""
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     """Where to start in a partition that the group has committed nothing for."""
-    session_timeout_ms: StrictInt = Field(45_000, ge=1_000)
+    session_timeout_ms: StrictInt = Field(45_000, ge=1_000, le=INT32_MAX)
     """How long the group waits for a heartbeat before it gives this worker's partitions to
     another member."""
-    heartbeat_interval_ms: StrictInt = Field(3_000, ge=100)
-    """How often the consumer tells the group it is alive."""
-    max_poll_interval_ms: StrictInt = Field(300_000, ge=1_000)
+    heartbeat_interval_ms: StrictInt = Field(3_000, ge=100, le=INT32_MAX)
+    """How often the consumer tells the group it is alive. Must be below `session_timeout_ms`
+    (Kafka advises at most a third of it)."""
+    max_poll_interval_ms: StrictInt = Field(300_000, ge=1_000, le=INT32_MAX)
     """The longest the worker may take between fetches before the group counts it as stuck and
     moves its partitions. Must be above `processing.transaction_timeout_ms`."""
-    request_timeout_ms: StrictInt = Field(40_000, ge=1_000)
+    request_timeout_ms: StrictInt = Field(40_000, ge=1_000, le=INT32_MAX)
     """How long a client waits for a broker's answer to a request."""
-    connect_timeout_s: StrictFloat = Field(30.0, gt=0.0)
+    connect_timeout_s: StrictFloat = Field(30.0, gt=0.0, le=DAY_S)
     """How long the worker may go without reaching the brokers, at start or later (an offset
     commit included), before it gives up and exits with status 1."""
     # Fewer, larger batches at moderate load, for a few ms of latency (docs/performance.md).
-    fetch_min_bytes: StrictInt = Field(196_608, ge=1)
+    fetch_min_bytes: StrictInt = Field(196_608, ge=1, le=INT32_MAX)
     """A fetch is answered once this many bytes are waiting, or after `fetch_max_wait_ms`,
     whichever comes first."""
-    fetch_max_wait_ms: StrictInt = Field(10, ge=0)
+    fetch_max_wait_ms: StrictInt = Field(10, ge=0, le=INT32_MAX)
     """The longest a fetch waits for `fetch_min_bytes`: what it may add to the latency at low
     rates, and how often an idle worker asks the brokers for records (raise it where many idle
     workers share a cluster)."""
@@ -115,6 +116,7 @@ class KafkaSettings(BaseModel):
     fetch_min_bytes_busy: StrictInt | None = Field(
         None,
         ge=1,
+        le=INT32_MAX,
         description=f"What `fetch_min_bytes` grows to while the worker's event loop is busy (its "
         "thread on a core more than 60 % of the time; back below 45 %), a quarter of the way "
         f"per second, under at-least-once. Unset: {BUSY_FETCH_MIN_BYTES:,}, or "
@@ -124,6 +126,7 @@ class KafkaSettings(BaseModel):
     fetch_max_wait_ms_busy: StrictInt | None = Field(
         None,
         ge=0,
+        le=INT32_MAX,
         description="What `fetch_max_wait_ms` grows to while the event loop is busy (see "
         f"`fetch_min_bytes_busy`). Unset: {BUSY_FETCH_MAX_WAIT_MS}, or `fetch_max_wait_ms` if "
         "larger.",
@@ -131,21 +134,22 @@ class KafkaSettings(BaseModel):
     max_partition_fetch_bytes: StrictInt | None = Field(
         None,
         ge=1024,
+        le=INT32_MAX,
         description=f"The most bytes one fetch returns from one partition. Unset: "
         f"{PARTITION_FETCH_BYTES:,}, or {EXACTLY_ONCE_PARTITION_FETCH_BYTES:,} under "
         "exactly-once, where what a batch holds of a partition (at most one fetch of it) is one "
         "transaction: larger fetches, fewer transactions, for more memory (up to this much per "
         "partition fetched and not yet processed).",
     )
-    linger_ms: StrictInt = Field(0, ge=0)
+    linger_ms: StrictInt = Field(0, ge=0, le=INT32_MAX)
     """How long the producer waits for more records before sending. 0: send at once, since the
     worker hands over whole batches."""
-    max_batch_size: StrictInt = Field(1_048_576, ge=1024)
+    max_batch_size: StrictInt = Field(1_048_576, ge=1024, le=INT32_MAX)
     """The most bytes in one record batch of one partition (and never more than the topic's
     `max.message.bytes`). Large, because aiokafka keeps one produce request in flight per
     broker: each round trip should carry a whole batch of the worker's."""
     # Large enough that the topic's own max.message.bytes, not the client, bounds a record.
-    max_request_size: StrictInt = Field(8_388_608, ge=1024)
+    max_request_size: StrictInt = Field(8_388_608, ge=1024, le=INT32_MAX)
     """The largest produce request. Large, so that a dead-letter record can carry its input byte
     for byte, however big it was."""
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
@@ -189,6 +193,17 @@ class KafkaSettings(BaseModel):
             busy = getattr(self, f"{name}_busy")
             if busy is not None and busy < getattr(self, name):
                 raise ValueError(f"{name}_busy must be at least {name}")
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeat_within_the_session(self) -> KafkaSettings:
+        # Kafka's own rule: a member whose heartbeats come no more often than the session
+        # timeout is dropped from the group between two of them.
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError(
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be below "
+                f"session_timeout_ms ({self.session_timeout_ms})"
+            )
         return self
 
     @model_validator(mode="after")

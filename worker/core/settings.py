@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.core import rules
-from worker.core.config_types import FROZEN, TopicName
+from worker.core.config_types import DAY_S, FROZEN, INT32_MAX, TopicName
 from worker.core.environment import EnvironmentSource
 from worker.core.errors import ConfigError
 from worker.core.kafka_settings import KafkaSettings
@@ -96,10 +96,10 @@ class Processing(BaseModel):
         f"{EXACTLY_ONCE_BATCH_RECORDS:,} under exactly-once, where a larger batch spreads each "
         "transaction's round trips over more records.",
     )
-    drain_timeout_s: StrictFloat = Field(10.0, gt=0.0)
+    drain_timeout_s: StrictFloat = Field(10.0, gt=0.0, le=DAY_S)
     """The bound on a graceful stop: finish the batches in hand, flush, commit; past it, give up
     and exit."""
-    transaction_timeout_ms: StrictInt = Field(60_000, ge=1_000)
+    transaction_timeout_ms: StrictInt = Field(60_000, ge=1_000, le=INT32_MAX)
     """Under exactly-once, how long a transaction may stay open before the broker aborts it.
     Must be below `kafka.max_poll_interval_ms`."""
     native: StrictBool = True

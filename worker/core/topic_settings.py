@@ -21,6 +21,8 @@ from worker.core import drift
 from worker.core.config_types import FROZEN, Labels, Probability, Temperature
 from worker.core.routing import Policy
 
+WEEK_S = 604_800.0
+
 
 class Thresholds(BaseModel):
     """A temperature and the thresholds a decision is taken with: a topic's live policy, or
@@ -67,7 +69,9 @@ class DriftWatch(BaseModel):
     """The reference file that `logit-router drift snapshot` wrote, read once when the config
     is loaded (a path relative to the worker's working directory). A reload applies a different
     path live; a file rewritten under the same path is read at the next start."""
-    window_s: StrictFloat = Field(600.0, gt=0.0)
+    # At least a second: the window is counted in tenths of it by a monotonic clock's int64
+    # ticks, which a tiny window overflows; at most a week, a bound rather than "forever".
+    window_s: StrictFloat = Field(600.0, ge=1.0, le=WEEK_S)
     """The PSI is of the events scored in the last this many seconds."""
     min_events: StrictInt = Field(1_000, ge=1)
     """Below this many events in the window the gauge reads NaN: too few to say (an unchanged
