@@ -464,3 +464,20 @@ def test_a_drift_window_outside_a_second_to_a_week_is_refused_by_name(
     path.write_text(f'[topics.t.drift]\nreference = "{reference}"\nwindow_s = {window}\n')
     with pytest.raises(ConfigError, match=r"topics\.t\.drift\.window_s"):
         load_settings(path)
+
+
+@pytest.mark.parametrize("name", ["SUPPORT.INTENTS", "Support.Intents"])
+def test_an_override_for_a_file_topic_in_another_case_is_refused_not_a_new_topic(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # The reference once said a topic's name was read in lower case; Kafka's names are
+    # case-sensitive, so this would have consumed a second topic and left the file's unchanged.
+    monkeypatch.setenv(f"LOGIT_ROUTER_TOPICS__{name}__TEMPERATURE", "0.33")
+    with pytest.raises(ConfigError, match=rf"topics\.\"{re.escape(name)}\" .*'support\.intents'"):
+        load_settings(EXAMPLE)
+
+
+def test_two_topics_differing_in_case_may_both_be_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[topics."Orders"]\n[topics."orders"]\ntemperature = 2.0\n')
+    assert set(load_settings(path).topics) == {"Orders", "orders"}

@@ -6,7 +6,8 @@ matches in any case (the documented names are upper case); a step that is a key 
 a topic name, is kept exactly as written, capitals, dots and dashes included:
 ``LOGIT_ROUTER_TOPICS__Support-Intents__MIN_MARGIN=0.5`` sets the ``min_margin`` of the topic
 ``Support-Intents``. As with the file, such a variable for a topic the file does not name adds
-that topic, under exactly that name, with the defaults for what it does not set.
+that topic, under exactly that name, with the defaults for what it does not set; one that
+differs from a topic of the file only in case is a typo, which ``load_settings`` refuses.
 
 The file's values are typed by TOML and held to strict types; the environment only has strings.
 So a string is read here as its field's type: a number or a bool as pydantic reads one from

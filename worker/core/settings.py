@@ -292,9 +292,32 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             ) from None
     data.update(overrides)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    _refuse_topics_differing_in_case(settings, data.get("topics"))
+    return settings
+
+
+def _refuse_topics_differing_in_case(settings: Settings, given: Any) -> None:
+    """``ConfigError`` for a topic that only the environment names, spelt like one of the file's
+    but for case.
+
+    Kafka's topic names are case-sensitive, so the environment's are kept as written and an
+    unknown one adds a topic; but ``SUPPORT.INTENTS`` beside the file's ``support.intents`` is
+    a typo far more often than a second topic, and would start consuming a topic that may not
+    exist while the intended override is silently missing.
+    """
+    named = set(given) if isinstance(given, Mapping) else set()
+    by_case = {name.casefold(): name for name in named}
+    for name in settings.topics:
+        twin = by_case.get(name.casefold())
+        if name not in named and twin is not None:
+            raise ConfigError(
+                f'invalid config: topics."{name}" is set only in the environment and differs '
+                f"from the file's {twin!r} only in case (topic names are case-sensitive: write "
+                "it as the file does)"
+            )
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -196,10 +196,13 @@ def render() -> str:
         "the environment, which wins. A variable's name is the key path in capitals after",
         f"`{prefix}`, with `{delimiter}` between levels; a list is written as JSON",
         f'(`{prefix}TOPICS{delimiter}{PLACEHOLDER}{delimiter}LABELS=\'["a", "b"]\'`).',
-        f"`{PLACEHOLDER}` stands for a name you choose, such as an input topic's. In a variable's",
-        "name it is read in lower case, so a topic whose name has capitals is configured in the",
-        "file. A bad value stops the worker at start (exit 2), naming the key and the value;",
-        "secrets are masked.",
+        f"`{PLACEHOLDER}` stands for a name you choose, such as an input topic's. Key names match",
+        f"in any case, but `{PLACEHOLDER}` is kept exactly as written, since Kafka's topic names",
+        f"are case-sensitive: `{prefix}TOPICS{delimiter}Support-Intents{delimiter}MIN_MARGIN`",
+        "sets the topic `Support-Intents`. A variable for a topic the file does not have adds",
+        "that topic, with the defaults for what it does not set; one whose name differs from a",
+        "topic of the file only in case is refused as a typo. A bad value stops the worker at",
+        "start (exit 2), naming the key and the value; secrets are masked.",
         "",
     ]
     for section in sections():
