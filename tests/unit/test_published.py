@@ -87,3 +87,46 @@ def test_bad_config_arguments_are_one_line_and_exit_2(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["config", "history"],
+        ["config", "show", "sha256:abcd"],
+        ["drift", "snapshot", "--topic", "support.intents", "-o", "REF"],
+        ["drift", "--topic", "support.intents", "--reference", "REF"],
+    ],
+)
+def test_commands_that_need_no_policy_run_from_the_environment_alone(
+    argv: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # They read only the brokers and the output topics, as docs/audit.md says: no [topics]
+    # should have to be made up for them (this was exit 2, "topics = {}: Field required").
+    import os
+
+    from worker.core import drift
+
+    for key in list(os.environ):
+        if key.startswith("LOGIT_ROUTER_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("LOGIT_ROUTER_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    reference = tmp_path / "ref.json"
+    found = {m: [0.5] * 10 for m in drift.MEASURES}
+    reference.write_bytes(drift.make_reference("t", found, "2026-01-01T00:00:00Z", {}).to_json())
+    argv = [str(tmp_path / "out.json") if a == "REF" and "-o" in argv else a for a in argv]
+    argv = [str(reference) if a == "REF" else a for a in argv]
+    reached: list[str] = []
+
+    async def no_broker(kafka: object) -> None:  # the config passed; stop before any socket
+        reached.append(str(getattr(kafka, "bootstrap_servers", "")))
+        raise TimeoutError("no broker in a unit test")
+
+    monkeypatch.setattr("worker.cli.config.reachable", no_broker)
+    monkeypatch.setattr("worker.cli.drift.reachable", no_broker)
+    assert main(argv) == 1
+    assert reached == ["127.0.0.1:1"]
+    assert "no broker in a unit test" in capsys.readouterr().err

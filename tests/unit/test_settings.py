@@ -481,3 +481,16 @@ def test_two_topics_differing_in_case_may_both_be_in_the_file(tmp_path: Path) ->
     path = tmp_path / "c.toml"
     path.write_text('[topics."Orders"]\n[topics."orders"]\ntemperature = 2.0\n')
     assert set(load_settings(path).topics) == {"Orders", "orders"}
+
+
+def test_a_command_that_needs_no_policy_loads_without_topics_but_still_checks_any_given(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[kafka]\nbootstrap_servers = '127.0.0.1:1'\n")
+    assert load_settings(path, topics_needed=False).topics == {}
+    with pytest.raises(ConfigError, match="topics"):
+        load_settings(path)  # the worker itself still needs one
+    path.write_text('[topics."a b"]\n')
+    with pytest.raises(ConfigError, match="not a Kafka topic name"):
+        load_settings(path, topics_needed=False)

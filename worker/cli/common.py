@@ -131,11 +131,15 @@ def configure_logs() -> None:
     logs.configure("WARNING")  # failures reach the user as one line from the command
 
 
-def load_config(config: Path | None) -> Any:
-    """The settings from ``--config`` and the environment; ``ConfigError`` is exit 2 in main."""
+def load_config(config: Path | None, *, topics_needed: bool = True) -> Any:
+    """The settings from ``--config`` and the environment; ``ConfigError`` is exit 2 in main.
+
+    ``topics_needed=False`` for a command that uses only the connection and the output topics,
+    so that it runs from the environment alone, with no ``[topics]`` to make up.
+    """
     from worker.core.settings import load_settings
 
-    return load_settings(config)
+    return load_settings(config, topics_needed=topics_needed)
 
 
 async def reachable(kafka: Any) -> None:

@@ -43,7 +43,7 @@ def _entries(command: str, config: Path | None) -> list[Any] | int:
     """The history's entries, oldest first, or the exit status of a failure."""
     from worker.stream import history
 
-    settings = load_config(config)
+    settings = load_config(config, topics_needed=False)
 
     async def work() -> list[Any]:
         await reachable(settings.kafka)

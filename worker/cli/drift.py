@@ -50,7 +50,7 @@ def drift_command(args: argparse.Namespace) -> int:
             reference = drift.parse_reference(args.reference.read_bytes())
         except (OSError, drift.ReferenceError) as exc:
             raise UsageError(f"logit-router drift: --reference {args.reference}: {exc}") from None
-    settings = load_config(args.config)
+    settings = load_config(args.config, topics_needed=False)
     check_order(command, args)
 
     async def work() -> Any:

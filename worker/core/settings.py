@@ -274,8 +274,20 @@ def settings_from_document(document: bytes, current: Settings) -> Settings:
         raise ConfigError(describe_validation_error(exc)) from None
 
 
-def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
-    """Read the TOML file (if any), apply the environment, validate; ConfigError if bad."""
+class _Connection(Settings):
+    """Settings for a command that reads Kafka and no input topic's policy (``config show``,
+    ``drift``): the file or the environment need not name a topic for it."""
+
+    topics: dict[TopicName, TopicPolicy] = Field(default_factory=dict)
+
+
+def load_settings(
+    path: Path | None = None, *, topics_needed: bool = True, **overrides: Any
+) -> Settings:
+    """Read the TOML file (if any), apply the environment, validate; ConfigError if bad.
+
+    ``topics_needed=False``: no input topic is required (any given are still checked).
+    """
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -292,7 +304,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             ) from None
     data.update(overrides)
     try:
-        settings = Settings(**data)
+        settings = (Settings if topics_needed else _Connection)(**data)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
     _refuse_topics_differing_in_case(settings, data.get("topics"))
