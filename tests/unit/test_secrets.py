@@ -4,6 +4,7 @@ typed ``SecretStr``, and never shown by a repr, a dump or a config error."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,99 @@ def test_client_key_without_its_certificate_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(None, topics=TOPICS, kafka={"ssl_keyfile": str(key)})
     assert "ssl_keyfile needs ssl_certfile" in str(err.value)
+
+
+def _certificate(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate and its key, as PEM files."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ({"ssl_cafile": "text"}, "ssl_cafile {text}: no CA certificate"),
+        ({"ssl_certfile": "text"}, "ssl_certfile {text}: no certificate"),
+        ({"ssl_keyfile": "text"}, "ssl_keyfile {text}: no private key"),
+        ({"ssl_keyfile": "other_key"}, "ssl_keyfile {other_key}: its private key is not the"),
+        ({"ssl_keyfile": None}, "ssl_certfile {cert}: no private key"),  # nor in the cert's file
+    ],
+)
+def test_a_tls_file_that_does_not_load_is_a_config_error_naming_it(
+    tmp_path: Path, bad: dict[str, str | None], named: str
+) -> None:
+    # It was exit 1 at the first connection, "cannot load kafka.ssl_cafile, ssl_certfile or
+    # ssl_keyfile ([SSL] PEM lib ...)", whichever of the three it was.
+    cert, key = _certificate(tmp_path, "client")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a certificate\n")
+    paths = {"text": text, "other_key": _certificate(tmp_path, "other")[1], "cert": cert}
+    files: dict[str, Path | None] = {"ssl_cafile": cert, "ssl_certfile": cert, "ssl_keyfile": key}
+    files.update({field: None if v is None else paths[v] for field, v in bad.items()})
+    kafka = {field: str(path) for field, path in files.items() if path is not None}
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, topics=TOPICS, kafka={"security_protocol": "SSL", **kafka})
+    assert named.format(**paths) in str(err.value)
+
+
+def test_tls_files_that_load_are_accepted(tmp_path: Path) -> None:
+    cert, key = _certificate(tmp_path, "client")
+    s = load_settings(
+        None,
+        topics=TOPICS,
+        kafka={
+            "security_protocol": "SSL",
+            "ssl_cafile": str(cert),
+            "ssl_certfile": str(cert),
+            "ssl_keyfile": str(key),
+        },
+    )
+    assert s.kafka.ssl_keyfile == key
+
+
+def test_a_bad_tls_file_stops_the_worker_with_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.cli.main import main
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not a certificate\n")
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[kafka]\nbootstrap_servers = "127.0.0.1:1"\nsecurity_protocol = "SSL"\n'
+        f'ssl_certfile = "{text}"\nssl_keyfile = "{text}"\n[http]\nenabled = false\n[topics.t]\n'
+    )
+    # `run` sets its own signal handlers: not in the test process.
+    monkeypatch.setattr(signal, "signal", lambda *_: None)
+    assert main(["run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert f"ssl_certfile {text}: no certificate" in err

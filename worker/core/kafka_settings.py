@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+import ssl
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -213,6 +214,16 @@ class KafkaSettings(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _tls_files_load(self) -> KafkaSettings:
+        # A file that exists but is no certificate or key is as much a config error as a
+        # missing one: refused here, by name, not at the first connection with exit 1.
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            refusal = tls_files_refusal(self)
+            if refusal is not None:
+                raise ValueError(refusal)
+        return self
+
+    @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
         if self.security_protocol.startswith("SASL_"):
             for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
@@ -222,6 +233,50 @@ class KafkaSettings(BaseModel):
 
 
 _SECRET_FILES = ("sasl_password", "ssl_key_password")
+
+
+def tls_files_refusal(kafka: KafkaSettings) -> str | None:
+    """What is wrong with the TLS files, naming the field and the file; ``None`` if they load.
+
+    Loaded one at a time, since OpenSSL's error for them all at once ("PEM lib") does not say
+    which file it choked on: the CA file, the certificate alone, then the key with it.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cafile, certfile, keyfile = kafka.ssl_cafile, kafka.ssl_certfile, kafka.ssl_keyfile
+    if cafile is not None:
+        why = _load(lambda: context.load_verify_locations(cafile=cafile))
+        if why is not None:
+            return f"ssl_cafile {cafile}: no CA certificate read from it ({why})"
+    if certfile is None:
+        return None
+    # Read as CA certificates, in a context of its own: the certificate checked without its key.
+    why = _load(lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(certfile))
+    if why is not None:
+        return f"ssl_certfile {certfile}: no certificate read from it ({why})"
+    secret = kafka.ssl_key_password
+    # Never no password: OpenSSL would ask on the terminal for the one of an encrypted key.
+    password = secret.get_secret_value() if secret is not None else ""
+    why = _load(lambda: context.load_cert_chain(certfile, keyfile, lambda: password))
+    if why is None:
+        return None
+    field, path = ("ssl_keyfile", keyfile) if keyfile is not None else ("ssl_certfile", certfile)
+    if why == "KEY_VALUES_MISMATCH":
+        return f"{field} {path}: its private key is not the certificate's"
+    return (
+        f"{field} {path}: no private key for the certificate read from it ({why}; is "
+        "ssl_key_password right?)"
+    )
+
+
+def _load(step: Callable[[], object]) -> str | None:
+    """Why ``step`` (loading a TLS file) failed, in OpenSSL's or the system's words."""
+    try:
+        step()
+    except ssl.SSLError as exc:  # OpenSSL's reasons never quote a password
+        return str(exc.reason or exc)
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or 'unknown error'}"
+    return None
 
 
 def read_secret_file(path: Path, field: str) -> SecretStr:

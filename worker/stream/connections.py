@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
-from worker.core.kafka_settings import KafkaSettings
+from worker.core.kafka_settings import KafkaSettings, tls_files_refusal
 from worker.stream import fetched, internals, wire
 from worker.stream.security import permanent_failure
 
@@ -75,8 +75,12 @@ def _ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:
             password=password,
         )
     except ssl.SSLError as exc:  # never quotes the password: OpenSSL does not know it as text
+        # The settings loaded these files already: one changed since is named as they name it.
+        why = tls_files_refusal(kafka)
         raise FatalError(
-            "TLS: cannot load kafka.ssl_cafile, ssl_certfile or ssl_keyfile "
+            f"TLS: kafka.{why}"
+            if why is not None
+            else "TLS: cannot load kafka.ssl_cafile, ssl_certfile or ssl_keyfile "
             f"({exc.reason or exc}); is kafka.ssl_key_password right?"
         ) from None
     except OSError as exc:
