@@ -1,6 +1,6 @@
-"""The rules a policy value must meet, each written once.
+"""The rules a policy value, or a topic's name, must meet, each written once.
 
-A temperature, a threshold or a topic's label list is checked where it enters: the config
+A temperature, a threshold, a topic's label list or its name is checked where it enters: the config
 (``settings``, through pydantic) or the command line (``cli.common``); both call these
 functions, so a refusal reads the same wherever the value came from. Past the edge a ``Policy``
 is trusted, and nothing on the per-event path checks it again.
