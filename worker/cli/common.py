@@ -33,6 +33,22 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
 
+    def _get_value(self, action: argparse.Action, arg_string: str) -> Any:
+        # Bytes that are not UTF-8 arrive as lone surrogates (surrogateescape) and would fail
+        # deep in orjson or matplotlib: every argument's value is refused here, once for all.
+        # A command's own arguments are its parser's to check, not the command list's.
+        if action.nargs != argparse.PARSER and not _utf8(arg_string):
+            raise argparse.ArgumentError(action, "not valid UTF-8 text")
+        return super()._get_value(action, arg_string)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
 
 def _number(text: str) -> float:
     try:

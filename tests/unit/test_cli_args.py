@@ -1,0 +1,51 @@
+"""What every command's parser does alike, as a user meets it: a bad argument is one line on
+stderr naming it, exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# A byte that is not UTF-8, as Python hands it over (surrogateescape): the shell's $'\xff'.
+NOT_UTF8 = "\udcff"
+
+
+def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *map(str, args)],
+        capture_output=True,
+        text=True,
+        errors="backslashreplace",
+        timeout=120,
+    )
+
+
+def one_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["score", "--logits", "3.2,2.8,0.5", "--labels", f"{NOT_UTF8},b,c"], "--labels"),
+        (["score", f"--logits=1,{NOT_UTF8}"], "--logits"),
+        (["plot", "--logits", "3.2,2.8,0.5", "--labels", f"{NOT_UTF8},b,c", "-o", "{tmp}/p.png"],
+         "--labels"),
+        (["replay", "--topic", f"in.{NOT_UTF8}"], "--topic"),
+        (["whatif", "--input", f"{{tmp}}/{NOT_UTF8}.jsonl"], "--input"),
+        (["config", "show", f"sha256:{NOT_UTF8}"], "version"),
+    ],
+)  # fmt: skip
+def test_an_argument_that_is_not_utf8_is_refused_naming_it(
+    tmp_path: Path, args: list[str], named: str
+) -> None:
+    line = one_line(run(*(a.format(tmp=tmp_path) for a in args)))
+    assert f"argument {named}: not valid UTF-8 text" in line
+    assert not (tmp_path / "p.png").exists()
