@@ -49,3 +49,22 @@ def test_an_argument_that_is_not_utf8_is_refused_naming_it(
     line = one_line(run(*(a.format(tmp=tmp_path) for a in args)))
     assert f"argument {named}: not valid UTF-8 text" in line
     assert not (tmp_path / "p.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["run", "--config", "a" * 300], "argument --config: file name too long: 'aaa"),
+        (["run", "--config", "{tmp}"], "argument --config: is a directory, not a file"),
+        (["run", "--config", ""], "argument --config: no file named (an empty path)"),
+        (["run", "--config", "{tmp}/none.toml"], "argument --config: no such file"),
+        (["whatif", "--input", "{tmp}"], "argument --input: is a directory, not a file"),
+        (["drift", "--topic", "t", "--reference", "b" * 300], "--reference: file name too long"),
+    ],
+)
+def test_a_file_to_read_that_cannot_be_is_refused_saying_why(
+    tmp_path: Path, args: list[str], needle: str
+) -> None:
+    line = one_line(run(*(a.format(tmp=tmp_path) for a in args)))
+    assert needle in line
+    assert len(line) < 200  # a long name is cut, not echoed whole

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import stat
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -48,6 +49,13 @@ def _utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def shown(text: str) -> str:
+    """``text`` quoted for an error message, cut past 80 characters as config errors are (a
+    value can be a whole file's worth of digits)."""
+    quoted = repr(text)
+    return quoted if len(quoted) <= 80 else quoted[:77] + "..."
 
 
 def _number(text: str) -> float:
@@ -94,9 +102,22 @@ def labels(text: str) -> tuple[str, ...]:
 
 
 def existing_file(text: str) -> Path:
+    """A file to read. A directory, or a name the system refuses (too long, say), is refused
+    saying so: ``Path.is_file`` would call the one missing and raise on the other."""
+    if not text:
+        raise argparse.ArgumentTypeError("no file named (an empty path)")
     path = Path(text)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise argparse.ArgumentTypeError(f"no such file: {shown(text)}") from None
+    except OSError as exc:
+        why = (exc.strerror or type(exc).__name__).lower()
+        raise argparse.ArgumentTypeError(f"{why}: {shown(text)}") from None
+    if stat.S_ISDIR(mode):
+        raise argparse.ArgumentTypeError(f"is a directory, not a file: {shown(text)}")
+    if not stat.S_ISREG(mode):
+        raise argparse.ArgumentTypeError(f"not a regular file: {shown(text)}")
     return path
 
 
