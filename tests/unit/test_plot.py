@@ -137,6 +137,7 @@ def test_without_matplotlib_one_line_names_the_extra(tmp_path: Path, args: list[
         (["plot", "--logits", "1,2", "--labels", "a,a", "-o", "{tmp}/c.png"], "unique"),
         (["plot", "--logits", "1,2", "-o", "{tmp}/nowhere/c.png"], "no such directory"),
         (["plot", "--logits", "1,2", "-o", "{tmp}"], "is a directory"),
+        (["plot", "--logits", "1,2", "-o", ""], "no file named (an empty path)"),
         (["plot", "--logits", "1,2"], "--output"),
         (
             ["plot", "--logits", "1,2", "--topic", "t", "-o", "{tmp}/c.png"],

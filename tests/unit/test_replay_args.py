@@ -50,7 +50,12 @@ def run(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
         (["--topic", "in.a", "--config", "{cfg}", "--to-topic", "out.dlq"], "live output"),
         (["--topic", "in.a", "--config", "{cfg}", "--to-topic", "in.b"], "input topic"),
         (["--topic", "in.a", "--config", "{cfg}", "--tolerance", "2"], "--tolerance"),
-        (["--topic", "in.a", "--config", "{cfg}", "--out", "{tmp}/no/r.jsonl"], "cannot write"),
+        (["--topic", "in.a", "--config", "{cfg}", "--out", "{tmp}/no/r.jsonl"],
+         "argument --out: no such directory"),
+        # refused before the replay, not by the rename once it is all done
+        (["--topic", "in.a", "--config", "{cfg}", "--out", "{tmp}"],
+         "argument --out: is a directory"),
+        (["--topic", "in.a", "--config", "{cfg}", "--out", ""], "argument --out: no file named"),
     ],
 )  # fmt: skip
 def test_bad_arguments_get_one_line_and_exit_2(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from worker.cli.common import Parser, UsageError, existing_file, probability
+from worker.cli.common import Parser, UsageError, existing_file, probability, shown
 
 
 def check_order(command: str, args: argparse.Namespace) -> None:
@@ -41,13 +41,24 @@ def probabilities(text: str) -> list[float]:
 
 
 def output_path(text: str) -> Path:
-    """A file to write: its directory exists and it is not a directory itself."""
+    """A file to write: named, its directory exists and it is not a directory itself."""
+    if not text:
+        raise argparse.ArgumentTypeError("no file named (an empty path)")
     path = Path(text)
-    if not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"no such directory: {path.parent}")
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"is a directory: {text}")
+    try:
+        if not path.parent.is_dir():
+            raise argparse.ArgumentTypeError(f"no such directory: {shown(str(path.parent))}")
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"is a directory: {shown(text)}")
+    except OSError as exc:  # a name the system refuses outright, e.g. too long
+        why = (exc.strerror or type(exc).__name__).lower()
+        raise argparse.ArgumentTypeError(f"{why}: {shown(text)}") from None
     return path
+
+
+def report_path(text: str) -> str | Path:
+    """``-`` for stdout, else a file to write, checked now rather than after the whole run."""
+    return text if text == "-" else output_path(text)
 
 
 def range_arguments(p: Parser, what: str) -> None:

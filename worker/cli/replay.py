@@ -24,7 +24,7 @@ from worker.cli.common import (
     reachable,
     run_async,
 )
-from worker.cli.options import check_order, range_arguments
+from worker.cli.options import check_order, range_arguments, report_path
 
 
 def replay_command(args: argparse.Namespace) -> int:
@@ -39,7 +39,7 @@ def replay_command(args: argparse.Namespace) -> int:
     except replay.ReplayRefused as exc:
         raise UsageError(f"logit-router replay: {exc}") from None
     to_stdout = args.out == "-"
-    path = None if args.out in (None, "-") else Path(args.out)
+    path = args.out if isinstance(args.out, Path) else None
     partial = path.with_name(path.name + ".partial") if path is not None else None
     try:
         sink = sys.stdout.buffer if to_stdout else (partial.open("wb") if partial else None)
@@ -97,7 +97,10 @@ def _add_replay(sub: argparse._SubParsersAction[Parser]) -> None:
         "history, instead of one config",
     )
     p.add_argument(
-        "--out", default=None, help="JSONL report: one line per event, then a summary; - for stdout"
+        "--out",
+        type=report_path,
+        default=None,
+        help="JSONL report: one line per event, then a summary; - for stdout",
     )
     p.add_argument(
         "--to-topic",
