@@ -158,3 +158,17 @@ def test_bad_arguments_get_one_line_and_exit_2(
     assert needle in lines[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("bins", ["9" * 20, "1001"])
+def test_more_bins_than_the_chart_can_show_are_refused(tmp_path: Path, bins: str) -> None:
+    """20 digits made numpy refuse the allocation in a traceback; 10^8 took minutes."""
+    (tmp_path / "e.jsonl").write_text('{"id": "a", "logits": [1, 2]}\n')
+    proc = run(
+        "plot", "margins", "--input", tmp_path / "e.jsonl", "--bins", bins, "-o", tmp_path / "c.png"
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"logit-router plot: argument --bins: must be 1 to 1000, got {bins!r}"
+    ]
+    assert not (tmp_path / "c.png").exists()

@@ -22,9 +22,9 @@ from worker.cli.common import (
     configure_logs,
     existing_file,
     float_list,
+    int_between,
     labels,
     load_config,
-    positive_int,
     probability,
     reachable,
     run_async,
@@ -264,6 +264,14 @@ def _plot_margins(args: argparse.Namespace) -> int:
 
 # --- arguments ---------------------------------------------------------------------------
 
+# The histogram is 700 pixels wide: past a thousand bins a bar is under a pixel and no more can
+# be seen, while numpy and matplotlib take minutes over 10^8 bins, or refuse a larger count.
+MAX_BINS = 1000
+
+
+def _bins(text: str) -> int:
+    return int_between(text, 1, MAX_BINS)
+
 
 def _temperatures_argument(p: Parser) -> None:
     # The lab's temperatures (``whatif.LAB_TEMPERATURES``, not imported: it loads numpy).
@@ -330,7 +338,10 @@ def _add_plot(sub: argparse._SubParsersAction[Parser]) -> None:
         help="margins: instead of the configured one",
     )
     p.add_argument(
-        "--bins", type=positive_int, default=None, help="margins: histogram bins (default 50)"
+        "--bins",
+        type=_bins,
+        default=None,
+        help=f"margins: histogram bins (default 50, at most {MAX_BINS})",
     )
     p.set_defaults(handler=plot_command)
 

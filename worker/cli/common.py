@@ -136,6 +136,10 @@ def positive_int(text: str) -> int:
     return _whole(text, 1, None, "must be > 0")
 
 
+def int_between(text: str, low: int, high: int) -> int:
+    return _whole(text, low, high, f"must be {low} to {high}")
+
+
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
