@@ -174,6 +174,17 @@ def test_a_topic_filter_and_per_topic_tables(tmp_path: Path) -> None:
     assert only["b"] == both["b"]
 
 
+def test_the_table_header_counts_the_unreadable_lines_as_the_json_does(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"id": "a", "logits": [1, 2]}\nnot json\n{"not": "an event"}\n[]\n')
+    table = run("whatif", "--input", path)
+    doc = orjson.loads(run("whatif", "--input", path, "--json").stdout)["topics"]["mixed.jsonl"]
+    assert table.returncode == 0 and doc["unreadable"] == 3
+    assert table.stdout.splitlines()[0].startswith(
+        "mixed.jsonl: 1 events scored, 0 not scorable, 3 not readable as events; "
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -231,13 +231,17 @@ def margins(samples: Sequence[Sample], policy: Policy) -> list[float]:
     return [r.scores.margin for r in _route(samples, policy) if isinstance(r, Routing)]
 
 
-def table(topic: str, cells: Sequence[Cell], current: Policy | None = None) -> str:
-    """The grid for one topic as text; ``*`` marks the configured policy."""
+def table(
+    topic: str, cells: Sequence[Cell], current: Policy | None = None, unreadable: int = 0
+) -> str:
+    """The grid for one topic as text; ``*`` marks the configured policy. The header counts
+    the ``unreadable`` records too, as ``--json`` does: they are part of what was read."""
     if not cells:
         return f"{topic}: no events\n"
     first = cells[0]
     lines = [
-        f"{topic}: {first.scored} events scored, {first.unscored} not scorable; "
+        f"{topic}: {first.scored} events scored, {first.unscored} not scorable, "
+        f"{unreadable} not readable as events; "
         f"top-1 labels {mix(first.top1_labels, first.scored)}",
         f"  {'T':>6} {'min_margin':>10} {'min_top1':>8} {'escalated':>9} {'rate':>7} "
         f"{'low_margin':>10} {'low_top1':>8}  routed labels",

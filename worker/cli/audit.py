@@ -139,9 +139,7 @@ def whatif_command(args: argparse.Namespace) -> int:
             "top1_labels": first.top1_labels,
             "grid": [{**c.as_dict(), "current": _same(c, current)} for c in rows],
         }
-        text = whatif.table(topic, rows, current)
-        if events.unreadable[topic]:
-            text += f"  ({events.unreadable[topic]} records not readable as events)\n"
+        text = whatif.table(topic, rows, current, events.unreadable[topic])
         if args.target_escalation_rate is not None:
             target = args.target_escalation_rate
             best, per = whatif.suggest(samples, temperatures, target, min_top1s, labels)
