@@ -68,3 +68,55 @@ def test_a_file_to_read_that_cannot_be_is_refused_saying_why(
     line = one_line(run(*(a.format(tmp=tmp_path) for a in args)))
     assert needle in line
     assert len(line) < 200  # a long name is cut, not echoed whole
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["score", "--logits", "3,2", "--temperature", "-inf"],
+         "argument --temperature: must be finite and > 0, got '-inf'"),
+        (["score", "--logits", "3,2", "--min-margin", "-0.5"], "argument --min-margin: must lie"),
+        (["calibrate", "--window", "-1h"], "argument --window: must be > 0, got '-1h'"),
+        (["replay", "--topic", "t", "--from", "-1:5"],
+         "argument --from: not an ISO time or partition:offset: '-1:5'"),
+        (["replay", "--topic", "-t"],
+         "argument --topic: expected one argument (a value that starts with - is written "
+         "--topic=VALUE)"),
+    ],
+)  # fmt: skip
+def test_a_value_starting_with_a_minus_meets_its_own_rule(args: list[str], needle: str) -> None:
+    """argparse took these for unknown options and said only "expected one argument"."""
+    assert needle in one_line(run(*args))
+
+
+def test_a_first_logit_below_zero_needs_no_equals_sign() -> None:
+    proc = run("score", "--logits", "-1,2")
+    assert proc.returncode == 0, proc.stderr
+    assert '"class_index":1' in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--bogus"], "logit-router: unrecognized arguments: --bogus"),
+        (["config", "--bogus"], "logit-router: unrecognized arguments: --bogus"),
+        ([], "logit-router: the following arguments are required: command"),
+        (["config"], "logit-router config: the following arguments are required: show|history"),
+    ],
+)
+def test_an_unknown_option_is_named_before_a_missing_command(args: list[str], line: str) -> None:
+    assert one_line(run(*args)) == line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["score", "--logits", "1,2," + "1" * 100_000],
+        ["score", "--logits", "1,2", "--temperature", "9" * 1000],
+        ["replay", "--topic", "t", "--from", "0:" + "1" * 5000],
+        ["x" * 1000],
+    ],
+)
+def test_a_long_value_is_cut_in_the_message(args: list[str]) -> None:
+    line = one_line(run(*args))
+    assert len(line) < 300 and "..." in line

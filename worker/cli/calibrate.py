@@ -30,6 +30,7 @@ from worker.cli.common import (
     positive_int,
     reachable,
     run_async,
+    shown,
 )
 from worker.cli.options import bound, need_matplotlib, output_path
 
@@ -61,9 +62,9 @@ def _error_rate(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number: {shown(text)}") from None
     if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {shown(text)}")
     return value
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import re
 import stat
 import sys
 from collections.abc import Callable, Coroutine
@@ -28,10 +29,41 @@ class UsageError(Exception):
     """A bad command-line argument; reported on one line, exit 2."""
 
 
+_NO_VALUE = re.compile(r"^argument (\S+): expected one argument$")
+# A word this long in an error message is a value echoed back.
+_LONG = re.compile(r"\S{81,}")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse that reports a bad argument on one line, without the usage block."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse takes a value like -inf, -1h, -1:5 or -1,2 for an unknown option and says
+        # only "expected one argument": read as values, they meet their own rule and its words.
+        self._negative_number_matcher = re.compile(r"^-(\.?\d|inf|nan)", re.IGNORECASE)
+
+    def add_commands(
+        self, dest: str, metavar: str | None = None
+    ) -> argparse._SubParsersAction[Parser]:
+        """Subcommands stored under ``dest``. A missing one is refused when the handler is
+        looked for: argparse's own check comes before its unknown-option one, so
+        ``logit-router --bogus`` said a command was required and never named ``--bogus``."""
+        wanted = metavar or dest
+
+        def missing(_args: argparse.Namespace) -> int:
+            raise UsageError(f"{self.prog}: the following arguments are required: {wanted}")
+
+        self.set_defaults(handler=missing)  # a command's own handler replaces it
+        return self.add_subparsers(dest=dest, metavar=metavar, required=False, parser_class=Parser)
+
     def error(self, message: str) -> NoReturn:
+        missing = _NO_VALUE.match(message)
+        if missing:
+            flag = missing[1].split("/")[-1]
+            message += f" (a value that starts with - is written {flag}=VALUE)"
+        # What argparse echoes itself (an invalid choice, unknown arguments) is cut like shown().
+        message = _LONG.sub(lambda m: m[0][:77] + "...", message)
         raise UsageError(f"{self.prog}: {message}")
 
     def _get_value(self, action: argparse.Action, arg_string: str) -> Any:
@@ -62,7 +94,7 @@ def _number(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text.strip()!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number: {shown(text.strip())}") from None
 
 
 def float_list(text: str) -> list[float]:
@@ -70,7 +102,7 @@ def float_list(text: str) -> list[float]:
     values = [_number(part) for part in text.split(",")]
     for part, value in zip(text.split(","), values, strict=True):
         if math.isnan(value) or value == math.inf:
-            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not allowed (NaN or +inf)")
+            raise argparse.ArgumentTypeError(f"{shown(part.strip())} is not allowed (NaN or +inf)")
     return values
 
 
@@ -79,7 +111,7 @@ def _checked(rule: Callable[[V], R], value: V, text: str) -> R:
     try:
         return rule(value)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{exc}, got {text.strip()!r}") from None
+        raise argparse.ArgumentTypeError(f"{exc}, got {shown(text.strip())}") from None
 
 
 def temperatures(text: str) -> list[float]:
@@ -89,7 +121,7 @@ def temperatures(text: str) -> list[float]:
 
 def temperature(text: str) -> float:
     if "," in text:
-        raise argparse.ArgumentTypeError(f"one temperature expected, got {text!r}")
+        raise argparse.ArgumentTypeError(f"one temperature expected, got {shown(text)}")
     return _checked(rules.temperature, _number(text), text)
 
 
@@ -126,9 +158,9 @@ def _whole(text: str, low: int, high: int | None, refusal: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a whole number: {shown(text)}") from None
     if value < low or (high is not None and value > high):
-        raise argparse.ArgumentTypeError(f"{refusal}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"{refusal}, got {shown(text)}")
     return value
 
 
@@ -152,10 +184,10 @@ def duration(text: str) -> float:
         value = float(number) * scale
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"not a duration: {text!r} (e.g. 90s, 30m, 1h, 2d)"
+            f"not a duration: {shown(text)} (e.g. 90s, 30m, 1h, 2d)"
         ) from None
     if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be > 0, got {shown(text)}")
     return value
 
 

@@ -25,6 +25,7 @@ from worker.cli.common import (
     load_config,
     reachable,
     run_async,
+    shown,
 )
 
 # A full version, or the start of one (outputs and reports print them shortened).
@@ -34,7 +35,7 @@ _VERSION = re.compile(r"^sha256:[0-9a-f]{4,64}$")
 def _version(text: str) -> str:
     if not _VERSION.match(text):
         raise argparse.ArgumentTypeError(
-            f"not a config version: {text!r} (sha256: and at least 4 hex digits of the hash)"
+            f"not a config version: {shown(text)} (sha256: and at least 4 hex digits of the hash)"
         )
     return text
 
@@ -110,9 +111,7 @@ def _policies(document: bytes) -> str:
 
 def _add_config(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("config", help="the routing configs recorded in the config history")
-    commands = p.add_subparsers(
-        dest="config_command", metavar="show|history", required=True, parser_class=Parser
-    )
+    commands = p.add_commands("config_command", metavar="show|history")
     help_config = "TOML config: brokers and the history topic (default: from the environment)"
     show = commands.add_parser("show", help="the routing document of a config_version, as JSON")
     show.add_argument("version", type=_version, help="sha256:… (a unique start is enough)")

@@ -176,7 +176,7 @@ def build_parser() -> Parser:
         description="Route classifier logits from Kafka by softmax confidence margin.",
     )
     parser.add_argument("--version", action="version", version=f"logit-router {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    sub = parser.add_commands("command")
     for register in REGISTRARS:
         register(sub)
     return parser
