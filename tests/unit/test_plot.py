@@ -172,3 +172,42 @@ def test_more_bins_than_the_chart_can_show_are_refused(tmp_path: Path, bins: str
         f"logit-router plot: argument --bins: must be 1 to 1000, got {bins!r}"
     ]
     assert not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["plot", "--logits", "3.2,2.8,0.5", "--temperatures", "1e-300,1e308", "-o", "{tmp}/c.png"],
+        [
+            "whatif",
+            "--input",
+            "{tmp}/e.jsonl",
+            "--temperatures",
+            "1,1.6e308",
+            "--png",
+            "{tmp}/c.png",
+        ],
+    ],
+)
+def test_a_temperature_past_the_charts_axis_is_refused(tmp_path: Path, args: list[str]) -> None:
+    """matplotlib warned on stderr over an axis reaching 1e308, and raised at 1.6e308."""
+    (tmp_path / "e.jsonl").write_text('{"id": "a", "logits": [1, 2]}\n')
+    proc = run(*(a.format(tmp=tmp_path) for a in args))
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "the chart's temperature axis stops at 1e+300, got temperature " in proc.stderr
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_a_chart_up_to_the_axis_limit_draws_without_a_warning(tmp_path: Path) -> None:
+    proc = run(
+        "plot",
+        "--logits",
+        "3.2,2.8,0.5",
+        "--temperatures",
+        "1e-300,1e300",
+        "-o",
+        tmp_path / "c.png",
+    )
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert png_size(tmp_path / "c.png") == (640, 480)

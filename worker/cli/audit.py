@@ -98,6 +98,21 @@ def _current(settings: Any, topic: str) -> Any:
     return settings.topics[topic].policy()
 
 
+# A chart's temperature axis stops here. matplotlib pads an axis by 5% and spaces its ticks
+# in doubles, which overflow near the largest one (at 1e308 numpy warned on stderr, at 1.6e308
+# drawing raised); this is far past any temperature worth drawing, and clear of that.
+CHART_MAX_TEMPERATURE = 1e300
+
+
+def _drawable(command: str, temperatures: list[float]) -> None:
+    top = max(temperatures)
+    if top > CHART_MAX_TEMPERATURE:
+        raise UsageError(
+            f"logit-router {command}: the chart's temperature axis stops at "
+            f"{CHART_MAX_TEMPERATURE:g}, got temperature {top:g}"
+        )
+
+
 # --- whatif ------------------------------------------------------------------------------
 
 
@@ -108,6 +123,8 @@ def whatif_command(args: argparse.Namespace) -> int:
     if args.png is not None:
         need_matplotlib("whatif")
     temperatures = args.temperatures or list(whatif.LAB_TEMPERATURES)
+    if args.png is not None:
+        _drawable("whatif", temperatures)
     min_margins = args.min_margins or list(whatif.DEFAULT_MIN_MARGINS)
     min_top1s: list[float | None] = list(args.min_top1) if args.min_top1 else [None]
     loaded = _load("whatif", args)
@@ -210,6 +227,7 @@ def _plot_temperature(args: argparse.Namespace) -> int:
     from worker.core.routing import ScoringError
 
     temperatures = args.temperatures or list(LAB_TEMPERATURES)
+    _drawable("plot", temperatures)
     if args.labels is not None and len(args.labels) != len(args.logits):
         raise UsageError(
             f"logit-router plot: {len(args.labels)} labels for {len(args.logits)} logits"
