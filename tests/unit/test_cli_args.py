@@ -89,8 +89,9 @@ def test_a_value_starting_with_a_minus_meets_its_own_rule(args: list[str], needl
     assert needle in one_line(run(*args))
 
 
-def test_a_first_logit_below_zero_needs_no_equals_sign() -> None:
-    proc = run("score", "--logits", "-1,2")
+@pytest.mark.parametrize("logits", ["-1,2", "-inf,2,1"])
+def test_a_first_logit_below_zero_needs_no_equals_sign(logits: str) -> None:
+    proc = run("score", "--logits", logits)
     assert proc.returncode == 0, proc.stderr
     assert '"class_index":1' in proc.stdout
 
