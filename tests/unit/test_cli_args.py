@@ -121,3 +121,19 @@ def test_an_unknown_option_is_named_before_a_missing_command(args: list[str], li
 def test_a_long_value_is_cut_in_the_message(args: list[str]) -> None:
     line = one_line(run(*args))
     assert len(line) < 300 and "..." in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["replay", "--topic", "a b"],
+        ["drift", "--topic", "in/../etc"],
+        ["calibrate", "--topic", "..", "--verdicts", "v"],
+        ["calibrate", "--topic", "support.intents", "--verdicts", "x" * 250],
+        ["whatif", "--topic", ""],
+    ],
+)  # fmt: skip
+def test_a_topic_kafka_would_refuse_is_refused_before_anything_is_read(args: list[str]) -> None:
+    line = one_line(run(*args))
+    assert "not a Kafka topic name" in line
+    assert "argument --topic" in line or "argument --verdicts" in line

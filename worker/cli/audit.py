@@ -30,6 +30,7 @@ from worker.cli.common import (
     run_async,
     temperature,
     temperatures,
+    topic_name,
 )
 from worker.cli.options import (
     check_order,
@@ -300,7 +301,11 @@ def _add_whatif(sub: argparse._SubParsersAction[Parser]) -> None:
         "whatif", help="escalation rate against temperature and thresholds on recorded events"
     )
     p.add_argument(
-        "--topic", action="append", default=[], help="repeatable; default: every configured topic"
+        "--topic",
+        action="append",
+        type=topic_name,
+        default=[],
+        help="repeatable; default: every configured topic",
     )
     range_arguments(p, "TOML config: brokers, topic labels, current policies")
     p.add_argument(
@@ -340,6 +345,7 @@ def _add_plot(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument(
         "--topic",
         action="append",
+        type=topic_name,
         default=[],
         help="margins: repeatable; default every configured topic",
     )

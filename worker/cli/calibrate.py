@@ -31,6 +31,7 @@ from worker.cli.common import (
     reachable,
     run_async,
     shown,
+    topic_name,
 )
 from worker.cli.options import bound, need_matplotlib, output_path
 
@@ -73,10 +74,14 @@ def _add_calibrate(sub: argparse._SubParsersAction[Parser]) -> None:
         COMMAND,
         help="fit a topic's temperature to reviewers' verdicts; a min_margin for a target error",
     )
-    p.add_argument("--topic", required=True, help="the input topic whose policy is calibrated")
+    p.add_argument(
+        "--topic", type=topic_name, required=True, help="the input topic whose policy is calibrated"
+    )
     p.add_argument("--config", type=existing_file, required=True, help="TOML config file")
     verdicts = p.add_mutually_exclusive_group(required=True)
-    verdicts.add_argument("--verdicts", default=None, help='topic of {"id": …, "label": …}')
+    verdicts.add_argument(
+        "--verdicts", type=topic_name, default=None, help='topic of {"id": …, "label": …}'
+    )
     verdicts.add_argument(
         "--verdicts-file", type=existing_file, default=None, help="verdicts as JSONL instead"
     )

@@ -133,6 +133,11 @@ def labels(text: str) -> tuple[str, ...]:
     return _checked(rules.labels, [part.strip() for part in text.split(",")], text)
 
 
+def topic_name(text: str) -> str:
+    """A topic named on the command line, held to the rule the config's names meet."""
+    return _checked(rules.topic_name, text, text)
+
+
 def existing_file(text: str) -> Path:
     """A file to read. A directory, or a name the system refuses (too long, say), is refused
     saying so: ``Path.is_file`` would call the one missing and raise on the other."""

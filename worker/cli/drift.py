@@ -26,6 +26,7 @@ from worker.cli.common import (
     load_config,
     reachable,
     run_async,
+    topic_name,
 )
 from worker.cli.options import check_order, output_path, range_arguments
 
@@ -92,7 +93,9 @@ def _add_drift(sub: argparse._SubParsersAction[Parser]) -> None:
         "compare a range with one (PSI, KS)",
     )
     p.add_argument("action", nargs="?", choices=["snapshot"], default=None)
-    p.add_argument("--topic", required=True, help="the input topic whose outputs are read")
+    p.add_argument(
+        "--topic", type=topic_name, required=True, help="the input topic whose outputs are read"
+    )
     range_arguments(p, "TOML config: brokers and output topics (default: from the environment)")
     p.add_argument("-o", "--output", type=output_path, default=None, help="snapshot: file to write")
     p.add_argument(

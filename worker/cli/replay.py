@@ -23,6 +23,7 @@ from worker.cli.common import (
     probability,
     reachable,
     run_async,
+    topic_name,
 )
 from worker.cli.options import check_order, range_arguments, report_path
 
@@ -84,7 +85,7 @@ def _add_replay(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser(
         "replay", help="re-score a topic range and diff it against what was published"
     )
-    p.add_argument("--topic", required=True, help="the input topic to replay")
+    p.add_argument("--topic", type=topic_name, required=True, help="the input topic to replay")
     range_arguments(
         p,
         "TOML config to re-score with (default: from the environment); with --as-published, "
