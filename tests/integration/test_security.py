@@ -268,7 +268,8 @@ def test_missing_client_certificate_fails_at_once(
 def test_encrypted_client_key_without_its_password_fails_at_once(
     secure: SecureBroker, uid: str, tmp_path: Path, key_password: str | None
 ) -> None:
-    """No terminal prompt (OpenSSL's default for an encrypted key), no traceback: one line."""
+    """No terminal prompt (OpenSSL's default for an encrypted key), no traceback: one line, as
+    a bad config (exit 2), naming the key file, before any broker is contacted."""
     kafka = {
         "bootstrap_servers": secure.address("SSL"),
         "security_protocol": "SSL",
@@ -278,10 +279,10 @@ def test_encrypted_client_key_without_its_password_fails_at_once(
     }
     env = {} if key_password is None else {"LOGIT_ROUTER_KAFKA__SSL_KEY_PASSWORD": key_password}
     code, output, took = run_refused(secure, uid, tmp_path, kafka, env)
-    assert code == 1, output
+    assert code == 2, output
     line = last_line(output)
-    assert "TLS: cannot load kafka.ssl_cafile, ssl_certfile or ssl_keyfile" in line, output
-    assert "is kafka.ssl_key_password right?" in line
+    assert f"ssl_keyfile {secure.pki.client_key}: no private key" in line, output
+    assert "is ssl_key_password right?" in line
     assert took < CONNECT_TIMEOUT_S
     assert "Traceback" not in output
     assert secure.pki.key_password not in output
