@@ -105,6 +105,9 @@ class Worker:
         self._stop: asyncio.Event | None = None
         self._offload: Offload | None = None  # while running
         self._rebalances = 0  # so far: a batch begun before one is dropped
+        # What a rebalance callback raised: aiokafka only logs it, and carries on with the
+        # partitions in a state the guarantee never readied; the loop exits on it instead.
+        self.rebalance_failure: str | None = None
         self._in_hand = 0  # batches begun and not yet handed to the guarantee
         self.assignment: frozenset[TopicPartition] = frozenset()
 
@@ -239,6 +242,8 @@ class Worker:
                     timeout_ms=0 if ahead else FETCH_TIMEOUT_MS,
                     max_records=processing.batch_records,
                 )
+                if self.rebalance_failure is not None:
+                    raise FatalError(self.rebalance_failure)
                 following = await self._begin(batches) if batches else None
                 due = [] if ahead is None else [ahead]
                 if following is not None and following.compiled is None:
@@ -380,15 +385,31 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self.worker.batch_lock:
-            await self.worker.guarantee.revoke(revoked)
+            try:
+                await self.worker.guarantee.revoke(revoked)
+            except Exception as exc:  # noqa: BLE001 - handed to the loop, which exits on it
+                self._failed("handing over", revoked, exc)
             self.worker.revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         # aiokafka may already be fetching: the lock keeps any batch waiting until the
         # guarantee has readied the partitions.
         async with self.worker.batch_lock:
-            await self.worker.guarantee.assign(assigned)
+            try:
+                await self.worker.guarantee.assign(assigned)
+            except Exception as exc:  # noqa: BLE001 - handed to the loop, which exits on it
+                # Unreadied (under exactly-once, without their producers), these partitions'
+                # records would be dropped at every fetch, silently: exit, and a restart
+                # takes them up again from their committed offsets.
+                self._failed("taking up", assigned, exc)
+                return
             self.worker.assigned(assigned)
+
+    def _failed(self, doing: str, partitions: set[TopicPartition], exc: Exception) -> None:
+        named = ",".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+        why = str(exc) if isinstance(exc, FatalError) else f"{type(exc).__name__}: {exc}"
+        if self.worker.rebalance_failure is None:
+            self.worker.rebalance_failure = f"{doing} partitions {named} failed: {why}"
 
 
 class _Drain:
