@@ -54,6 +54,9 @@ RECORD_REFUSALS = (
 # Room a claim check takes at the most: its headers (the message is cut to 1 KiB).
 CLAIM_CHECK_BYTES = 4096
 TOPIC_AUTHORIZATION_FAILED = 29  # the error code of DescribeConfigs without the right
+# A topic's max.message.bytes unless set otherwise: the broker's message.max.bytes default
+# (Kafka's broker configuration reference), assumed for a topic whose own cannot be read.
+KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 _KEY, _VALUE, _HEADERS = attrgetter("key"), attrgetter("value"), attrgetter("headers")
 
 
@@ -172,12 +175,18 @@ async def read_limits(
     for response in responses:
         for error, _message, _type, topic, entries in response.resources:
             if error == TOPIC_AUTHORIZATION_FAILED:
+                # Kafka's default, not max_request_size: an output the topic then refuses would
+                # be refused again after every restart under exactly-once, which never learns
+                # the topic's limit (a crash loop); too cautious costs a dead letter instead.
+                assumed = min(KAFKA_DEFAULT_MAX_MESSAGE_BYTES, kafka.max_request_size)
                 log.warning(
-                    "not allowed to describe the configuration of %s: outputs to it are checked "
-                    "against max_request_size alone (grant DescribeConfigs on the topic)",
+                    "not allowed to describe the configuration of %s: outputs to it are held to "
+                    "Kafka's default limit, %d bytes (grant DescribeConfigs on the topic to use "
+                    "its own)",
                     topic,
+                    assumed,
                 )
-                limits[topic] = TopicLimit(kafka.max_request_size, compacted=False)
+                limits[topic] = TopicLimit(assumed, compacted=False)
                 continue
             if error:
                 raise FatalError(f"cannot read the configuration of {topic}: error {error}")
