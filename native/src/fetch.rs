@@ -3,7 +3,10 @@
 //! transactional flags) and its records as the worker's `FetchedRecord` named tuples, with
 //! the values aiokafka's record reader gives. `worker/stream/fetched.py` is the only caller.
 //! Anything else (a compressed batch, an older format, bytes that do not parse) returns
-//! `None`, and aiokafka unpacks that buffer itself, raising what it raises.
+//! `None`, and aiokafka unpacks that buffer itself, raising what it raises. A header name that
+//! is not UTF-8 is read leniently, as Java's client reads it (see `record`).
+
+use std::borrow::Cow;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple, PyType};
@@ -60,7 +63,7 @@ struct Record<'a> {
     timestamp: i64,
     key: Option<&'a [u8]>,
     value: Option<&'a [u8]>,
-    headers: Vec<(&'a str, Option<&'a [u8]>)>,
+    headers: Vec<(Cow<'a, str>, Option<&'a [u8]>)>,
 }
 
 struct Batch<'a> {
@@ -108,7 +111,9 @@ fn record<'a>(
         if name_len < 0 {
             return None;
         }
-        let name = std::str::from_utf8(c.field(name_len)??).ok()?;
+        // A name that is not UTF-8 (Kafka's protocol says it is) is read as Java's client reads
+        // it, each bad sequence as U+FFFD: aiokafka would raise, and stop the partition.
+        let name = String::from_utf8_lossy(c.field(name_len)??);
         let value_len = c.varint()?;
         headers.push((name, c.field(value_len)?));
     }

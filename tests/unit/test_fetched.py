@@ -18,6 +18,7 @@ from typing import Any
 import aiokafka
 import aiokafka.consumer.fetcher as fetcher
 import pytest
+from aiokafka.codec import gzip_encode
 from aiokafka.errors import CorruptRecordException
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -28,7 +29,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.core import native
-from worker.core.records import FetchedRecord
+from worker.core.records import FetchedRecord, Router
+from worker.core.settings import Settings
 from worker.stream import fetched as unpacking
 
 if native.batches_crc_ok is None:
@@ -306,3 +308,43 @@ def test_a_partition_consumed_is_freed_without_the_collector() -> None:
         assert gone() is None
     finally:
         gc.enable()
+
+
+EVENT = b'{"id":"a","logits":[2.0,1.0]}'
+
+
+def with_header_name(base_offset: int, name: bytes, *, compression: int = 0) -> bytes:
+    """Two records whose first header's name is ``name``'s bytes, whatever they are: a
+    librdkafka or Go producer takes a header name as bytes, and the broker keeps them."""
+    placeholder = "N" * len(name)
+    plain = batch(base_offset, [(b"k", EVENT, [(placeholder, b"v"), ("trace", b"t")])] * 2)
+    records = plain[61:].replace(placeholder.encode(), name)
+    if compression:
+        records = gzip_encode(records)
+    built = bytearray(plain[:61]) + records
+    built[8:12] = (49 + len(records)).to_bytes(4, "big")
+    attributes = int.from_bytes(built[21:23], "big") | compression
+    built[21:23] = attributes.to_bytes(2, "big")
+    built[17:21] = calc_crc32c(bytes(built[21:])).to_bytes(4, "big")
+    return bytes(built)
+
+
+@pytest.mark.parametrize("compression", [0, 1], ids=["plain", "gzip"])
+def test_a_header_name_that_is_not_utf8_is_read_as_javas_client_reads_it(
+    compression: int,
+) -> None:
+    good = with_header_name(0, b"ok", compression=compression)
+    bad = with_header_name(2, b"\xff\xfe", compression=compression)
+    with pytest.raises(UnicodeDecodeError):  # what aiokafka alone does: getmany raised it
+        unpacked(good + bad, ours=False)
+    got = unpacked(good + bad, ours=True)
+    assert [r.offset for r in got] == [0, 1, 2, 3]  # each once, in order, none skipped
+    assert [r.headers[0][0] for r in got] == ["ok", "ok", "\ufffd\ufffd", "\ufffd\ufffd"]
+    assert all(r.headers[1] == ("trace", b"t") and r.value == EVENT for r in got)
+    # ... and routed, and written back out, with that name as read.
+    outputs = Router(Settings(topics={"in": {}})).process(got)
+    assert "dead_letter" not in [o.kind for o in outputs]
+    assert [o.headers[0][0] for o in outputs] == [r.headers[0][0] for r in got]
+    assert native.RecordBatch is not None  # the compiled module is installed (see the top)
+    record_batch = native.RecordBatch(1 << 20, 0, is_transactional=False)
+    assert record_batch.extend(outputs, 0) == len(outputs)

@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiokafka.consumer.fetcher as _fetcher
+from aiokafka.record import default_records as _default_records
 from aiokafka.record.control_record import ABORT_MARKER, ControlRecord
 from aiokafka.record.memory_records import MemoryRecords
 
@@ -85,6 +86,24 @@ class _PartitionRecords(_fetcher.PartitionRecords):  # type: ignore[misc]
                 # only the collector would free, with every record of the fetch in it.
                 self._records_iterator = None
 
+    def _unpack_leniently(self) -> bool:
+        """What is left of the buffer, unpacked by the compiled module, which reads a header
+        name that is not UTF-8 as Java's client does (U+FFFD for each bad sequence); its
+        compressed batches are decompressed first. False where it cannot (no compiled module,
+        a deserializer, an older format): aiokafka's error stands."""
+        buffer = getattr(self._records, "buffer", None)
+        unpack = native.unpack_batches
+        if buffer is None or unpack is None or self._consumer_record is not _fetched_record:
+            return False
+        plain = _decompressed(buffer)
+        batches = None if plain is None else unpack(plain, FetchedRecord, *self._tp)
+        ready = None if batches is None else self._kept(batches)  # from next_fetch_offset on
+        if ready is None:
+            return False
+        self._ready, self._taken = ready, 0
+        self._records = self._records_iterator = None
+        return True
+
     def _kept(self, batches: list[Any]) -> list[FetchedRecord] | None:
         """The records aiokafka's ``_unpack_records`` would hand out, in order, the fetch offset
         after them all in ``_final_offset``; ``None`` (aiokafka's generator then unpacks) where
@@ -135,7 +154,13 @@ class _PartitionRecords(_fetcher.PartitionRecords):  # type: ignore[misc]
 
     def __next__(self) -> Any:
         if self._ready is None:
-            return super().__next__()
+            try:
+                return super().__next__()
+            except UnicodeDecodeError:
+                # A header name that is not UTF-8, which aiokafka reads strictly: raised from
+                # ``getmany``, it would stop the worker at this record after every restart.
+                if not self._unpack_leniently():
+                    raise
         taken, _ = self.take(1)
         if not taken:
             raise StopIteration
@@ -159,6 +184,40 @@ class _FetchResult(_fetcher.FetchResult):  # type: ignore[misc]
         if exhausted:
             self._partition_records = None
         return taken
+
+
+_BATCH_HEAD = 61  # a v2 batch's fields before its records
+_CODEC = 0x07  # the compression bits of its attributes
+
+
+def _decompressed(buffer: bytes) -> bytes | None:
+    """``buffer``'s complete v2 batches, each compressed one rewritten with its records
+    uncompressed (its checksum is not redone: it was checked as fetched); ``None`` if a batch
+    is in an older format or does not decompress."""
+    out: list[bytes] = []
+    at = 0
+    while len(buffer) - at >= 12:
+        end = at + 12 + int.from_bytes(buffer[at + 8 : at + 12], "big", signed=True)
+        if end > len(buffer):
+            break  # an incomplete batch at the end: the client leaves it too
+        if end - at < _BATCH_HEAD or buffer[at + 16] != 2:
+            return None
+        batch = buffer[at:end]
+        attributes = int.from_bytes(batch[21:23], "big")
+        if attributes & _CODEC:
+            try:  # aiokafka's own reader, in Python, decompresses it (an internal name)
+                reader = _default_records._DefaultRecordBatchPy(batch)
+                reader._maybe_uncompress()
+                records = bytes(reader._buffer)
+            except Exception:  # noqa: BLE001 - aiokafka's own error stands
+                return None
+            head = bytearray(batch[:_BATCH_HEAD])
+            head[8:12] = (_BATCH_HEAD - 12 + len(records)).to_bytes(4, "big")
+            head[21:23] = (attributes & ~_CODEC).to_bytes(2, "big")
+            batch = bytes(head) + records
+        out.append(batch)
+        at = end
+    return b"".join(out)
 
 
 def _aborts(control: list[FetchedRecord]) -> bool | None:
