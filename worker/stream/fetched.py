@@ -95,11 +95,14 @@ class _PartitionRecords(_fetcher.PartitionRecords):  # type: ignore[misc]
         unpack = native.unpack_batches
         if buffer is None or unpack is None or self._consumer_record is not _fetched_record:
             return False
+        handed_out = self.next_fetch_offset  # the records before it, the generator gave
         plain = _decompressed(buffer)
         batches = None if plain is None else unpack(plain, FetchedRecord, *self._tp)
-        ready = None if batches is None else self._kept(batches)  # from next_fetch_offset on
+        ready = None if batches is None else self._kept(batches)
         if ready is None:
             return False
+        if ready and ready[0].offset < handed_out:  # it failed inside a batch
+            ready = [r for r in ready if r.offset >= handed_out]
         self._ready, self._taken = ready, 0
         self._records = self._records_iterator = None
         return True
