@@ -113,7 +113,8 @@ def score(logits: Sequence[float], temperature: float = 1.0) -> Scores:
     top = check_logits(logits)
     # z_i = (x_i - max) / T <= 0; a masked class gives -inf.
     z = [(x - top) / temperature for x in logits]
-    if _NEG_INF in z:
+    # A masked class is -inf too: only a gap past the float range needs the slower pass.
+    if _NEG_INF in z and z.count(_NEG_INF) > list(logits).count(_NEG_INF):
         z = [_scaled_gap(x, top, temperature) for x in logits]
     e = [math.exp(v) for v in z]
     total = math.fsum(e)  # >= 1: the maximum contributes exp(0) = 1 exactly
